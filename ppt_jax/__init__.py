@@ -1,0 +1,1 @@
+"""ppt-jax: Point Prompt Training (multi-dataset 3D semantic segmentation) in JAX/Flax."""

@@ -1,0 +1,154 @@
+"""The shard schema: the one contract between `data_prep` (writer) and the input pipeline (reader).
+
+Version 1. A split directory holds `shard-XXXXX-of-YYYYY.tfrecord` files and a `manifest.json`.
+Each TFRecord record is one `tf.train.Example` = one scene (a ScanNet scan, an S3DIS room, a
+Structured3D room, or a synthetic room), voxelized at the stored grid `grid_size` (default 0.01 m):
+
+- one *site* per occupied stored voxel, keeping one real point of that voxel (its coordinate, colour,
+  normal and labels: not the voxel centre), so that the reference's 2 cm training-time grid sampling
+  (a random point per 2 cm voxel) and its test-time fragments remain possible from the stored sites;
+- sites sorted by their grid key `(x * GRID_BOUND + y) * GRID_BOUND + z` (lexicographic x, y, z), the
+  "hash-grid" order, with `grid_coord = floor((coord - coord.min(0)) / grid_size)`;
+- every per-site array padded to a multiple of `PAD_MULTIPLE` rows (`num_sites` are real); padding rows
+  are zeros, with `segment = instance = -1` and `grid_coord = -1`.
+
+Val/test scenes also carry the full-resolution evaluation fields: `origin_segment` (the label of every
+original point, -1 = unannotated) and `inverse` (each original point's site index), so predictions
+made on sites go back to every original point.
+
+Arrays are stored as raw little-endian bytes (exact round trip, fast to decode).
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+PAD_MULTIPLE = 1024
+GRID_BOUND = 1 << 16  # per-axis bound on stored grid coordinates (655 m at 1 cm)
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "shard-{index:05d}-of-{count:05d}.tfrecord"
+
+# name -> (numpy dtype, trailing shape) for the per-site arrays (leading axis = padded sites).
+SITE_FIELDS = {
+    "coord": (np.float32, (3,)),
+    "color": (np.uint8, (3,)),
+    "normal": (np.float32, (3,)),
+    "grid_coord": (np.int32, (3,)),
+    "segment": (np.int32, ()),
+    "instance": (np.int32, ()),
+}
+# Per original point (val/test scenes only; empty arrays for train scenes).
+POINT_FIELDS = {
+    "origin_segment": (np.int32, ()),
+    "inverse": (np.int32, ()),
+}
+_PAD_VALUE = {"segment": -1, "instance": -1, "grid_coord": -1}
+
+
+def padded_size(num_sites):
+    return max(PAD_MULTIPLE, -(-num_sites // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def _bytes_feature(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _float_feature(value):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+
+
+def encode_scene(scene):
+    """Serialize one voxelized scene (a dict of numpy arrays, unpadded) to `tf.train.Example` bytes.
+
+    Required keys: dataset (str), scene (str), grid_size (float) and SITE_FIELDS with equal leading
+    lengths; optional POINT_FIELDS. Sites must already be in grid-key order (see `grid_key`).
+    """
+    num_sites = len(scene["coord"])
+    size = padded_size(num_sites)
+    feats = {
+        "schema_version": _int_feature(SCHEMA_VERSION),
+        "dataset": _bytes_feature(scene["dataset"].encode()),
+        "scene": _bytes_feature(scene["scene"].encode()),
+        "grid_size": _float_feature(scene["grid_size"]),
+        "num_sites": _int_feature(num_sites),
+    }
+    for name, (dtype, shape) in SITE_FIELDS.items():
+        arr = np.asarray(scene[name])
+        if arr.shape != (num_sites, *shape):
+            raise ValueError(f"scene {scene['scene']}: field {name} has shape {arr.shape}, "
+                             f"expected {(num_sites, *shape)}")
+        padded = np.full((size, *shape), _PAD_VALUE.get(name, 0), dtype)
+        padded[:num_sites] = arr
+        feats[name] = _bytes_feature(padded.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
+    num_points = len(scene["inverse"]) if "inverse" in scene else 0
+    feats["num_points"] = _int_feature(num_points)
+    for name, (dtype, _) in POINT_FIELDS.items():
+        arr = np.asarray(scene.get(name, np.zeros(0, dtype)), dtype)
+        if arr.shape != (num_points,):
+            raise ValueError(f"scene {scene['scene']}: field {name} has shape {arr.shape}, "
+                             f"expected {(num_points,)}")
+        feats[name] = _bytes_feature(arr.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+_FEATURE_SPEC = {
+    "schema_version": tf.io.FixedLenFeature([], tf.int64),
+    "dataset": tf.io.FixedLenFeature([], tf.string),
+    "scene": tf.io.FixedLenFeature([], tf.string),
+    "grid_size": tf.io.FixedLenFeature([], tf.float32),
+    "num_sites": tf.io.FixedLenFeature([], tf.int64),
+    "num_points": tf.io.FixedLenFeature([], tf.int64),
+    **{name: tf.io.FixedLenFeature([], tf.string) for name in (*SITE_FIELDS, *POINT_FIELDS)},
+}
+
+
+def parse_scene(serialized):
+    """tf.data map function: Example bytes -> dict of tensors (per-site arrays still padded)."""
+    ex = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+    out = {k: ex[k] for k in ("schema_version", "dataset", "scene", "grid_size", "num_sites",
+                              "num_points")}
+    for name, (dtype, shape) in {**SITE_FIELDS, **POINT_FIELDS}.items():
+        flat = tf.io.decode_raw(ex[name], tf.as_dtype(dtype), little_endian=True)
+        out[name] = tf.reshape(flat, (-1, *shape))
+    return out
+
+
+def decode_scene(serialized):
+    """Numpy twin of `parse_scene` for tools and tests: unpadded arrays, python scalars."""
+    ex = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in parse_scene(serialized).items()}
+    n = int(ex["num_sites"])
+    scene = {"dataset": ex["dataset"].decode(), "scene": ex["scene"].decode(),
+             "grid_size": float(ex["grid_size"]), "schema_version": int(ex["schema_version"])}
+    for name in SITE_FIELDS:
+        scene[name] = ex[name][:n]
+    for name in POINT_FIELDS:
+        scene[name] = ex[name]
+    return scene
+
+
+def grid_key(grid_coord):
+    """int64 hash-grid key of stored grid coordinates (N, 3); the site order inside a shard."""
+    g = np.asarray(grid_coord, np.int64)
+    if g.size and (g.min() < 0 or g.max() >= GRID_BOUND):
+        raise ValueError(f"grid coordinates must lie in [0, {GRID_BOUND}); got "
+                         f"[{g.min()}, {g.max()}]")
+    return (g[:, 0] * GRID_BOUND + g[:, 1]) * GRID_BOUND + g[:, 2]
+
+
+def read_manifest(split_dir):
+    path = os.path.join(split_dir, MANIFEST_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no shard manifest at {path}: run data_prep for this split first")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {manifest.get('schema_version')} "
+                         f"!= supported {SCHEMA_VERSION}; re-run data_prep")
+    return manifest
