@@ -2,12 +2,11 @@
 
 Each process feeds only its half of every global batch (rows split by process index, as the
 pipeline splits shards), the jitted step sees the assembled global batch, and the parameters after
-a few SGD steps equal a single-process run fed the whole batch. This file is also the worker script:
-`python tests/test_multiprocess.py OUT_NPZ` (the distributed settings come from `PPT_*` variables).
+a few SGD steps equal a single-process run fed the whole batch. The two processes are started by `launch/local.sh`; this file is also their worker script:
+`python tests/test_multiprocess.py OUT_DIR` (the distributed settings come from `PPT_*` variables).
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -26,7 +25,7 @@ def global_batch(step):
     return x, y
 
 
-def run_worker(out_path):
+def run_worker(out_dir):
     from ppt_jax import distributed
     proc = distributed.maybe_initialize()          # PPT_DISTRIBUTED decides
     import flax.linen as nn
@@ -68,16 +67,10 @@ def run_worker(out_path):
         seen.append((gx.shape[0], float(xsum), np.asarray(
             jax.experimental.multihost_utils.process_allgather(labels, tiled=True))))
     flat = [leaf.addressable_data(0) for leaf in jax.tree.leaves(state[0])]   # replicated
-    np.savez(out_path, losses=np.array(losses), rows=np.array([s[0] for s in seen]),
+    np.savez(os.path.join(out_dir, f"p{proc.process_index}.npz"), losses=np.array(losses), rows=np.array([s[0] for s in seen]),
              xsum=np.array([s[1] for s in seen]), labels=np.stack([s[2] for s in seen]),
              process=np.array([proc.process_index, proc.process_count, proc.global_devices]),
              **{f"leaf{i}": np.asarray(leaf) for i, leaf in enumerate(flat)})
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra):
@@ -86,9 +79,9 @@ def _env(**extra):
     return env
 
 
-def _start(out, **extra):
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), str(out)], env=_env(**extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _start(argv, **extra):
+    return subprocess.Popen(argv, env=_env(**extra), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(procs, timeout=120):
@@ -103,15 +96,14 @@ def _finish(procs, timeout=120):
 
 
 def test_two_processes_equal_one(tmp_path):
-    port = _free_port()
-    outs = [tmp_path / f"p{i}.npz" for i in range(2)]
-    workers = [_start(outs[i], PPT_DISTRIBUTED="1", PPT_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                      PPT_NUM_PROCESSES="2", PPT_PROCESS_ID=str(i)) for i in range(2)]
-    single_out = tmp_path / "single.npz"
-    _finish(workers)
-    _finish([_start(single_out)])
-    results = [np.load(p) for p in outs]
-    single = np.load(single_out)
+    worker = [sys.executable, os.path.abspath(__file__)]
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    _finish([_start(["bash", "launch/local.sh", "-n", "2", "-l", str(tmp_path / "logs"), "--",
+                     *worker, str(tmp_path / "two")]),
+             _start([*worker, str(tmp_path / "one")])])
+    results = [np.load(tmp_path / "two" / f"p{i}.npz") for i in range(2)]
+    single = np.load(tmp_path / "one" / "p0.npz")
 
     assert list(single["process"]) == [0, 1, 1]
     for i, res in enumerate(results):
