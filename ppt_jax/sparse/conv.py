@@ -1,0 +1,173 @@
+"""Sparse convolutions on a Hierarchy: submanifold, stride-2 down and its inverse (spconv semantics).
+
+All three are linear maps built from two gather-based primitives:
+  tap conv   y[i] = sum_t x[table[i, t]] @ w[t]          (table: neighbours or children, missing -> 0)
+  slot conv  y[p] = (x[q] @ w[c]) at slot[p] = 8 q + c   (each fine site reads its parent's tap-c product)
+and each one's transpose is the other one (or, for submanifold convs, itself with mirrored taps, because
+p + delta = q  <=>  q - delta = p). The custom VJPs below use those transposes, so the backward pass is
+gathers and matmuls too: no scatter-add, hence bitwise deterministic on every backend, and as fast as the
+forward pass. Products accumulate in float32 (`preferred_element_type`), also for bfloat16 inputs.
+
+Padding rows of the input are never read; outputs at padding sites are exactly 0. Inputs must be finite at
+padding rows (a zero times inf would reach the weight gradient).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_F32 = jnp.float32
+
+
+def _pad_zero_row(x):
+    return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)
+
+
+def _tap_conv(x, table, w):
+    """(N_in, C), (N_out, T) int, (T, C, D) -> (N_out, D) float32: scan over taps, gather then matmul."""
+    xp = _pad_zero_row(x)
+
+    def body(acc, tap):
+        idx, wt = tap
+        return acc + jnp.dot(xp[idx], wt, preferred_element_type=_F32), None
+
+    init = jnp.zeros((table.shape[0], w.shape[2]), _F32)
+    return lax.scan(body, init, (table.T, w))[0]
+
+
+def _tap_weight_grad(x, table, dy):
+    """d(tap conv)/dw: (T, C, D) float32, dw[t] = x[table[:, t]]^T @ dy."""
+    xp = _pad_zero_row(x)
+
+    def body(_, idx):
+        return None, jnp.dot(xp[idx].T, dy, preferred_element_type=_F32)
+
+    return lax.scan(body, None, table.T)[1]
+
+
+def _slot_conv(x, slot, w):
+    """(N_in, C), (N_out,) int, (8, C, D) -> (N_out, D) float32: all 8 products per coarse site, one gather."""
+    z = jnp.einsum("qc,kcd->qkd", x, w, preferred_element_type=_F32)
+    return _pad_zero_row(z.reshape(-1, w.shape[2]))[slot]
+
+
+def _slot_weight_grad(x, children, dy):
+    """d(slot conv)/dw: (8, C, D) float32, dw[c] = x^T @ dy[children[:, c]]."""
+    return jnp.einsum("qc,qkd->kcd", x, _pad_zero_row(dy)[children], preferred_element_type=_F32)
+
+
+def _out_dtype(x, w):
+    return jnp.result_type(x.dtype, w.dtype)
+
+
+def _swap(w):
+    return jnp.swapaxes(w, 1, 2)
+
+
+@jax.custom_vjp
+def _subm(x, w, nbr):
+    return _tap_conv(x, nbr, w).astype(_out_dtype(x, w))
+
+
+def _subm_fwd(x, w, nbr):
+    return _subm(x, w, nbr), (x, w, nbr)
+
+
+def _subm_bwd(res, dy):
+    x, w, nbr = res
+    dx = _tap_conv(dy, nbr, _swap(w[::-1]))
+    dw = _tap_weight_grad(x, nbr, dy)
+    return dx.astype(x.dtype), dw.astype(w.dtype), None
+
+
+_subm.defvjp(_subm_fwd, _subm_bwd)
+
+
+@jax.custom_vjp
+def _down(x, w, children, parent_slot):
+    return _tap_conv(x, children, w).astype(_out_dtype(x, w))
+
+
+def _down_fwd(x, w, children, parent_slot):
+    return _down(x, w, children, parent_slot), (x, w, children, parent_slot)
+
+
+def _down_bwd(res, dy):
+    x, w, children, parent_slot = res
+    dx = _slot_conv(dy, parent_slot, _swap(w))
+    dw = _tap_weight_grad(x, children, dy)
+    return dx.astype(x.dtype), dw.astype(w.dtype), None, None
+
+
+_down.defvjp(_down_fwd, _down_bwd)
+
+
+@jax.custom_vjp
+def _up(x, w, children, parent_slot):
+    return _slot_conv(x, parent_slot, w).astype(_out_dtype(x, w))
+
+
+def _up_fwd(x, w, children, parent_slot):
+    return _up(x, w, children, parent_slot), (x, w, children, parent_slot)
+
+
+def _up_bwd(res, dy):
+    x, w, children, parent_slot = res
+    dx = _tap_conv(dy, children, _swap(w))
+    dw = _slot_weight_grad(x, children, dy)
+    return dx.astype(x.dtype), dw.astype(w.dtype), None, None
+
+
+_up.defvjp(_up_fwd, _up_bwd)
+
+
+def _check(name, x, w, n, taps):
+    if x.ndim != 2 or x.shape[0] != n:
+        raise ValueError(f"{name}: features {x.shape} do not match the level's {n} sites (expected ({n}, C))")
+    if w.ndim != 3 or w.shape[1] != x.shape[1] or (taps is not None and w.shape[0] != taps):
+        want = f"({taps}, {x.shape[1]}, D)" if taps else f"(k**3, {x.shape[1]}, D)"
+        raise ValueError(f"{name}: weight shape {w.shape} does not fit features {x.shape}; expected {want}")
+
+
+def _level(name, h, level, coarser):
+    top = len(h.masks) - (2 if coarser else 1)
+    if not 0 <= level <= top:
+        raise ValueError(f"{name}: level {level} out of range [0, {top}] for a {len(h.masks)}-level hierarchy")
+
+
+def subm_conv(x, h, level, w):
+    """Submanifold conv at `level`: x (N_l, C), w (k**3, C, D) with odd k -> (N_l, D), sites unchanged.
+
+    out[p] = sum over taps delta with p + delta a site of w[tap(delta)]^T x[p + delta] (cross-correlation,
+    tap order of keys.offsets). k = 1 is a per-site matmul; other k need a table built by the HierarchySpec.
+    """
+    _level("subm_conv", h, level, coarser=False)
+    _check("subm_conv", x, w, h.masks[level].shape[0], None)
+    taps = w.shape[0]
+    if taps == 1:
+        y = jnp.dot(x, w[0], preferred_element_type=_F32)
+        return jnp.where(h.masks[level][:, None], y, 0).astype(_out_dtype(x, w))
+    table = next((t for t in h.nbr[level].values() if t.shape[-1] == taps), None)
+    if table is None:
+        have = sorted(round(t.shape[-1] ** (1 / 3)) for t in h.nbr[level].values())
+        raise ValueError(f"subm_conv: no neighbour table for {taps} taps at level {level}; the HierarchySpec "
+                         f"built kernel sizes {have} there (add it to HierarchySpec.kernel_sizes)")
+    return _subm(x, w, table)
+
+
+def down_conv(x, h, level, w):
+    """Stride-2 conv (kernel 2) from `level` to `level + 1`: x (N_l, C), w (8, C, D) -> (N_{l+1}, D).
+
+    out[q] = sum over sites p with floor(p / 2) = q of w[4 cx + 2 cy + cz]^T x[p], c = p - 2 q."""
+    _level("down_conv", h, level, coarser=True)
+    _check("down_conv", x, w, h.masks[level].shape[0], 8)
+    return _down(x, w, h.children[level], h.parent_slot[level])
+
+
+def up_conv(x, h, level, w):
+    """Inverse of down_conv(level): x (N_{l+1}, C), w (8, C, D) -> (N_l, D) on level l's exact sites.
+
+    out[p] = w[4 cx + 2 cy + cz]^T x[floor(p / 2)], c = p - 2 floor(p / 2)."""
+    _level("up_conv", h, level, coarser=True)
+    _check("up_conv", x, w, h.masks[level + 1].shape[0], 8)
+    return _up(x, w, h.children[level], h.parent_slot[level])

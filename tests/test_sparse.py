@@ -1,0 +1,326 @@
+"""The sparse engine equals dense 3D convolutions (lax.conv_general_dilated on a dense grid) on random sites."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ppt_jax import sparse
+
+G = 12  # side of the small dense test grids
+HI = lax.Precision.HIGHEST
+DN = ("NDHWC", "DHWIO", "NDHWC")
+
+
+def random_sites(rng, n_cap, n_real, side=G, isolated=()):
+    """n_real unique random coords in [0, side)^3 (+ isolated ones), padded to n_cap with junk padding rows
+    that repeat real coordinates (padding must never be seen, wherever it claims to be)."""
+    flat = rng.choice(side**3, size=n_real - len(isolated), replace=False)
+    coords = np.stack(np.unravel_index(flat, (side,) * 3), axis=-1)
+    if len(isolated):
+        coords = np.concatenate([coords, np.asarray(isolated)])
+    coords = coords[rng.permutation(len(coords))].astype(np.int32)
+    pad = coords[rng.integers(0, len(coords), n_cap - len(coords))]
+    mask = np.zeros(n_cap, bool)
+    mask[:len(coords)] = True
+    perm = rng.permutation(n_cap)  # padding rows interleaved with real ones
+    return np.concatenate([coords, pad])[perm], mask[perm]
+
+
+def to_dense(x, coords, mask, side):
+    grid = jnp.zeros((side, side, side, x.shape[-1]), x.dtype)
+    c = jnp.where(mask[:, None], coords, side)  # padding scattered out of range, dropped
+    return grid.at[c[:, 0], c[:, 1], c[:, 2]].add(x, mode="drop")
+
+
+def from_dense(grid, coords, mask):
+    c = jnp.clip(coords, 0, grid.shape[0] - 1)
+    return jnp.where(mask[:, None], grid[c[:, 0], c[:, 1], c[:, 2]], 0)
+
+
+def dense_subm(x, coords, mask, w, side=G):
+    k = round(w.shape[0] ** (1 / 3))
+    grid = to_dense(x, coords, mask, side)[None]
+    y = lax.conv_general_dilated(grid, w.reshape(k, k, k, *w.shape[1:]), (1, 1, 1), "SAME",
+                                 dimension_numbers=DN, precision=HI)[0]
+    return from_dense(y, coords, mask)
+
+
+def dense_down(x, coords, mask, w, ccoords, cmask, side=G):
+    grid = to_dense(x, coords, mask, side)[None]
+    y = lax.conv_general_dilated(grid, w.reshape(2, 2, 2, *w.shape[1:]), (2, 2, 2), "VALID",
+                                 dimension_numbers=DN, precision=HI)[0]
+    return from_dense(y, ccoords, cmask)
+
+
+def dense_up(x, ccoords, cmask, w, coords, mask, side=G):
+    grid = to_dense(x, ccoords, cmask, side // 2)
+    fine = jnp.einsum("xyzc,abecd->xaybzed", grid, w.reshape(2, 2, 2, *w.shape[1:]), precision=HI)
+    return from_dense(fine.reshape(side, side, side, -1), coords, mask)
+
+
+def spec_for(n0, kernels=None):
+    return sparse.HierarchySpec(capacities=(n0, n0, n0, n0), kernel_sizes=kernels)
+
+
+build = jax.jit(sparse.build_hierarchy, static_argnums=2)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    rng = np.random.default_rng(0)
+    coords, mask = random_sites(rng, 400, 300, isolated=[(11, 11, 11), (0, 11, 0)])
+    return coords, mask, build(coords, mask, spec_for(400, ((5, 3), (3,), (3,), (3,))))
+
+
+@pytest.mark.parametrize("k,c,d", [(3, 4, 5), (5, 3, 2), (1, 6, 7)])
+def test_subm_equals_dense_with_grads(scene, k, c, d):
+    coords, mask, h = scene
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(400, c)).astype(np.float32)
+    w = rng.normal(size=(k**3, c, d)).astype(np.float32)
+    y, ref = sparse.subm_conv(x, h, 0, w), dense_subm(x, coords, mask, w)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+    assert np.all(np.asarray(y)[~mask] == 0)
+    ct = rng.normal(size=(400, d)).astype(np.float32)
+    g = jax.grad(lambda x, w: jnp.sum(sparse.subm_conv(x, h, 0, w) * ct), (0, 1))(x, w)
+    gr = jax.grad(lambda x, w: jnp.sum(dense_subm(x, coords, mask, w) * ct), (0, 1))(x, w)
+    for a, b in zip(g, gr):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
+
+
+def test_down_subm_up_chain_equals_dense(scene):
+    """Level 0 -> 1 -> 2 -> 1 -> 0 with submanifold convs between, values and all gradients."""
+    coords, mask, h = scene
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    ws = [rng.normal(size=s).astype(np.float32) for s in [(8, 3, 4), (27, 4, 4), (8, 4, 5), (8, 5, 4), (8, 4, 2)]]
+    c1, m1, c2, m2 = h.coords[1], h.masks[1], h.coords[2], h.masks[2]
+
+    def sparse_chain(x, ws):
+        y = sparse.down_conv(x, h, 0, ws[0])
+        y = sparse.subm_conv(y, h, 1, ws[1])
+        y = sparse.down_conv(y, h, 1, ws[2])
+        y = sparse.up_conv(y, h, 1, ws[3])
+        return sparse.up_conv(y, h, 0, ws[4])
+
+    def dense_chain(x, ws):
+        y = dense_down(x, coords, mask, ws[0], c1, m1)
+        y = dense_subm(y, c1, m1, ws[1], G // 2)
+        y = dense_down(y, c1, m1, ws[2], c2, m2, G // 2)
+        y = dense_up(y, c2, m2, ws[3], c1, m1, G // 2)
+        return dense_up(y, c1, m1, ws[4], coords, mask)
+
+    np.testing.assert_allclose(sparse_chain(x, ws), dense_chain(x, ws), rtol=1e-4, atol=1e-3)
+    ct = rng.normal(size=(400, 2)).astype(np.float32)
+    g = jax.grad(lambda x, ws: jnp.sum(sparse_chain(x, ws) * ct), (0, 1))(x, ws)
+    gr = jax.grad(lambda x, ws: jnp.sum(dense_chain(x, ws) * ct), (0, 1))(x, ws)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(gr)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-3)
+
+
+def test_coarse_sites_are_unique_halves(scene):
+    coords, mask, h = scene
+    for level in (1, 2, 3):
+        want = np.unique(coords[mask] >> level, axis=0)
+        got = np.asarray(h.coords[level])[np.asarray(h.masks[level])]
+        np.testing.assert_array_equal(got, want)  # key order = lexicographic order
+        assert np.all(np.asarray(h.coords[level])[~np.asarray(h.masks[level])] == 0)
+    np.testing.assert_array_equal(h.dropped_sites, 0)
+
+
+def test_down_up_round_trip_returns_sites_in_order(scene):
+    """space-to-depth (down, w[c] = e_c) then depth-to-space (up) is the identity on the exact input sites."""
+    coords, mask, h = scene
+    x = np.random.default_rng(2).normal(size=(400, 2)).astype(np.float32)
+    w_down = np.einsum("ab,cd->bcad", np.eye(8), np.eye(2)).reshape(8, 2, 16).astype(np.float32)
+    w_up = np.swapaxes(w_down, 1, 2)
+    y = sparse.up_conv(sparse.down_conv(x, h, 0, w_down), h, 0, w_up)
+    np.testing.assert_array_equal(y, np.where(mask[:, None], x, 0))
+
+
+def test_batch_with_overlapping_coords_has_no_cross_talk():
+    rng = np.random.default_rng(3)
+    spec = spec_for(200)
+    c0, m0 = random_sites(rng, 200, 150)
+    c1, m1 = random_sites(rng, 200, 90)
+    c1[:60] = c0[:60]  # many shared coordinates
+    coords, mask = np.stack([c0, c1]), np.stack([m0, m1])
+    x = rng.normal(size=(2, 200, 3)).astype(np.float32)
+    w = rng.normal(size=(27, 3, 4)).astype(np.float32)
+    wd = rng.normal(size=(8, 3, 4)).astype(np.float32)
+
+    @jax.jit
+    def run(coords, mask, x):
+        h = jax.vmap(sparse.build_hierarchy, (0, 0, None))(coords, mask, spec)
+        sub = jax.vmap(sparse.subm_conv, (0, 0, None, None))(x, h, 0, w)
+        down = jax.vmap(sparse.down_conv, (0, 0, None, None))(x, h, 0, wd)
+        return h, sub, down
+
+    h, sub, down = run(coords, mask, x)
+    for b in range(2):
+        mb = np.asarray(h.masks[0][b])
+        np.testing.assert_array_equal(mb, mask[b])
+        np.testing.assert_allclose(sub[b], dense_subm(x[b], coords[b], mb, w), rtol=1e-5, atol=1e-4)
+        ref = dense_down(x[b], coords[b], mb, wd, h.coords[1][b], h.masks[1][b])
+        np.testing.assert_allclose(down[b], ref, rtol=1e-5, atol=1e-4)
+
+
+def test_sites_at_the_grid_bound_and_beyond():
+    """A cluster touching GRID_BOUND - 1 (shifted by a multiple of 16, so parities at every level keep)
+    gives the dense result of the unshifted cluster; a site at GRID_BOUND is counted, ignored, reported."""
+    rng = np.random.default_rng(4)
+    coords, mask = random_sites(rng, 120, 100, isolated=[(G - 1, G - 1, G - 1)])
+    shift = sparse.GRID_BOUND - 16
+    far = coords + shift
+    assert far[mask].max() == sparse.GRID_BOUND - 5
+    far[mask & np.all(coords == G - 1, axis=1)] = sparse.GRID_BOUND - 1
+    near = far - shift
+    spec = spec_for(121)
+    outside = np.array([[sparse.GRID_BOUND, 3, 3]], np.int32)
+    h = build(np.concatenate([far, outside]), np.append(mask, True), spec)
+    assert int(h.out_of_bound) == 1 and int(h.dropped_sites[0]) == 1 and not bool(h.masks[0][-1])
+    x = rng.normal(size=(121, 3)).astype(np.float32)
+    w = rng.normal(size=(27, 3, 2)).astype(np.float32)
+    ref = dense_subm(x[:120], near, mask, w, side=16)
+    np.testing.assert_allclose(sparse.subm_conv(x, h, 0, w)[:120], ref, rtol=1e-5, atol=1e-4)
+    assert np.all(np.asarray(h.coords[1])[np.asarray(h.masks[1])] >= shift // 2)
+    with pytest.raises(ValueError, match="outside \\[0, 1280\\)"):
+        sparse.check_hierarchy(h, "scene0")
+
+
+def test_over_full_level_reports_exact_drop_count():
+    rng = np.random.default_rng(5)
+    coords, mask = random_sites(rng, 300, 250)
+    parents = np.unique(coords[mask] >> 1, axis=0)
+    cap1 = len(parents) - 7
+    kept = parents[:cap1]  # the smallest keys are kept
+    n2 = len(np.unique(kept >> 1, axis=0))
+    spec = sparse.HierarchySpec(capacities=(300, cap1, n2 - 3))
+    h = build(coords, mask, spec)
+    np.testing.assert_array_equal(h.dropped_sites, [0, 7, 3])
+    np.testing.assert_array_equal(np.asarray(h.coords[1]), kept)
+    with pytest.raises(ValueError, match="level 1 needs 7 more site"):
+        sparse.check_hierarchy(h)
+    # children of dropped parents get nothing back from the inverse conv
+    y = sparse.up_conv(np.ones((cap1, 1), np.float32), h, 0, np.ones((8, 1, 1), np.float32))
+    lost = ~np.any(np.all((coords[:, None] >> 1) == kept[None], axis=-1), axis=1)
+    np.testing.assert_array_equal(np.asarray(y)[:, 0], (mask & ~lost).astype(np.float32))
+
+
+def test_duplicate_input_sites_are_dropped_and_reported():
+    coords = np.array([[1, 2, 3], [4, 4, 4], [1, 2, 3], [1, 2, 4]], np.int32)
+    h = build(coords, np.ones(4, bool), spec_for(4))
+    np.testing.assert_array_equal(h.masks[0], [True, True, False, True])
+    assert int(h.dropped_sites[0]) == 1
+    y = sparse.subm_conv(np.ones((4, 1), np.float32), h, 0, np.ones((27, 1, 1), np.float32))
+    np.testing.assert_array_equal(np.asarray(y)[:, 0], [2, 1, 0, 2])  # the repeat is no neighbour
+    with pytest.raises(ValueError, match="repeat"):
+        sparse.check_hierarchy(h)
+
+
+def test_bfloat16_accumulates_in_float32(scene):
+    coords, mask, h = scene
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    w = rng.normal(size=(27, 16, 8)).astype(np.float32)
+    xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
+    y = sparse.subm_conv(xb, h, 0, wb)
+    assert y.dtype == jnp.bfloat16
+    ref = dense_subm(xb.astype(np.float32), coords, mask, wb.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=1e-2, atol=1e-1)
+    gx, gw = jax.grad(lambda x, w: jnp.sum(sparse.subm_conv(x, h, 0, w).astype(jnp.float32)), (0, 1))(xb, wb)
+    assert gx.dtype == gw.dtype == jnp.bfloat16
+
+
+def test_one_compile_and_bitwise_determinism():
+    rng = np.random.default_rng(7)
+    spec = spec_for(150)
+    w = rng.normal(size=(27, 3, 3)).astype(np.float32)
+    wd = rng.normal(size=(8, 3, 3)).astype(np.float32)
+    traces = []
+
+    @jax.jit
+    def step(coords, mask, x, w, wd):
+        traces.append(1)
+
+        def loss(x, w, wd):
+            h = jax.vmap(sparse.build_hierarchy, (0, 0, None))(coords, mask, spec)
+            y = jax.vmap(sparse.subm_conv, (0, 0, None, None))(x, h, 0, w)
+            z = jax.vmap(sparse.down_conv, (0, 0, None, None))(y, h, 0, wd)
+            y = y + jax.vmap(sparse.up_conv, (0, 0, None, None))(z, h, 0, jnp.swapaxes(wd, 1, 2))
+            return jnp.sum(jnp.sin(y)), h.dropped_sites
+
+        return jax.grad(loss, (0, 1, 2), has_aux=True)(x, w, wd)
+
+    outs = []
+    for n_real in (40, 150, 97, 40):
+        batch = [random_sites(np.random.default_rng(n_real + b), 150, n_real - 10 * b) for b in range(2)]
+        coords, mask = (np.stack(a) for a in zip(*batch))
+        x = np.random.default_rng(n_real).normal(size=(2, 150, 3)).astype(np.float32)
+        outs.append(jax.device_get(step(coords, mask, x, w, wd)))
+    assert len(traces) == 1
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[3])):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_bad_inputs_raise_clear_errors(scene):
+    _, _, h = scene
+    with pytest.raises(ValueError, match="capacities\\[0\\] = 5"):
+        sparse.build_hierarchy(np.zeros((4, 3), np.int32), np.ones(4, bool), sparse.HierarchySpec((5, 2)))
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        sparse.HierarchySpec((5, 2), kernel_sizes=((4,), (3,)))
+    with pytest.raises(ValueError, match="search_method"):
+        sparse.HierarchySpec((5,), search_method="bogus")
+    with pytest.raises(ValueError, match="no neighbour table for 125 taps at level 1"):
+        sparse.subm_conv(np.zeros((400, 2), np.float32), h, 1, np.zeros((125, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="weight shape"):
+        sparse.down_conv(np.zeros((400, 2), np.float32), h, 0, np.zeros((27, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="level 3 out of range"):
+        sparse.up_conv(np.zeros((400, 2), np.float32), h, 3, np.zeros((8, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize("method", ["sort", "scan_unrolled", "compare_all"])
+def test_search_methods_agree(scene, method):
+    coords, mask, h = scene
+    h2 = build(coords, mask, sparse.HierarchySpec(capacities=(400,) * 4, kernel_sizes=((3,),) * 4,
+                                                  search_method=method))
+    for level in range(4):
+        np.testing.assert_array_equal(h2.nbr[level][3], h.nbr[level][3])
+
+
+def test_sharded_batch_matches_unsharded():
+    """Two simulated CPU devices, the batch sharded over them: same values and gradients."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from ppt_jax import sparse
+        spec = sparse.HierarchySpec(capacities=(64, 64, 64))
+        rng = np.random.default_rng(0)
+        coords = rng.integers(0, 6, (4, 64, 3)).astype(np.int32)
+        mask = rng.random((4, 64)) < 0.8
+        x = rng.normal(size=(4, 64, 3)).astype(np.float32)
+        w = rng.normal(size=(27, 3, 3)).astype(np.float32)
+        def loss(x, w, coords, mask):
+            h = jax.vmap(sparse.build_hierarchy, (0, 0, None))(coords, mask, spec)
+            y = jax.vmap(sparse.subm_conv, (0, 0, None, None))(x, h, 0, w)
+            return jnp.sum(y ** 2)
+        f = jax.jit(jax.value_and_grad(loss, (0, 1)))
+        ref = f(x, w, coords, mask)
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+        sh = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))
+        out = f(sh(x), w, sh(coords), sh(mask))
+        assert len(out[1][0].sharding.device_set) == 2
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
