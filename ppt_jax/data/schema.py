@@ -95,7 +95,8 @@ def encode_scene(scene):
             raise ValueError(f"scene {scene['scene']}: field {name} has shape {arr.shape}, "
                              f"expected {(num_points,)}")
         feats[name] = _bytes_feature(arr.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feats))
+    return example.SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process
 
 
 _FEATURE_SPEC = {

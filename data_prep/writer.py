@@ -1,0 +1,309 @@
+"""The one shard writer every dataset command uses: raw per-scene points -> voxelized TFRecord shards.
+
+Shard assignment is fixed before any work starts: the scene ids are sorted and cut into consecutive
+groups of `scenes_per_shard`; shard i holds group i (minus skipped scenes). A shard is written (under a
+temporary name, then renamed) as soon as its scenes are done, followed by a small record in
+`.progress/` naming its scenes, skips and checksum. Because each scene's bytes are a pure function of
+(load_fn, scene id, settings) and the grouping does not depend on timing or `workers`, a run that is
+killed and re-run produces byte-identical shards to one clean run, and finished shards are never redone.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from ppt_jax import labels
+from ppt_jax.data import schema
+
+PROGRESS_DIR = ".progress"
+RAW_FIELDS = {  # name -> trailing shape of the raw per-point arrays handed over by load_fn
+    "coord": (3,), "color": (3,), "normal": (3,), "segment": (), "instance": (),
+}
+
+
+class SceneError(Exception):
+    """A broken input scene: `path` names the file at fault, `reason` says what is wrong."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class Summary:
+    dataset: str
+    split: str
+    split_dir: str
+    num_scenes: int = 0
+    num_written: int = 0
+    num_points: int = 0
+    num_sites: int = 0
+    num_shards: int = 0
+    shards_reused: int = 0
+    skipped: list = dataclasses.field(default_factory=list)  # [{"scene", "file", "reason"}]
+    seconds: float = 0.0
+
+    @property
+    def ok(self):
+        return not self.skipped
+
+    def line(self):
+        return (f"{self.dataset}/{self.split}: {self.num_written}/{self.num_scenes} scenes in "
+                f"{self.num_shards} shards ({self.shards_reused} reused), {self.num_points:,} points -> "
+                f"{self.num_sites:,} sites, {len(self.skipped)} skipped, {self.seconds:.1f} s "
+                f"-> {self.split_dir}")
+
+
+def validate(raw, num_classes, where):
+    """Check a raw scene dict; raise SceneError(where, reason) naming the first problem found."""
+    where = raw.get("path", where)
+    missing = [k for k in RAW_FIELDS if k not in raw]
+    if missing:
+        raise SceneError(where, f"missing fields {missing}")
+    num = len(raw["coord"])
+    for name, shape in RAW_FIELDS.items():
+        if np.shape(raw[name]) != (num, *shape):
+            raise SceneError(where, f"field {name} has shape {np.shape(raw[name])}, "
+                                    f"expected {(num, *shape)}")
+    if num == 0:
+        raise SceneError(where, "empty scene (no points)")
+    for name in ("coord", "normal"):
+        bad = int(np.sum(~np.isfinite(raw[name]).all(axis=1)))
+        if bad:
+            raise SceneError(where, f"{bad} of {num} points have non-finite {name} (NaN or inf)")
+    color = np.asarray(raw["color"])
+    if color.dtype != np.uint8 and (color.min() < 0 or color.max() > 255):
+        raise SceneError(where, f"color values outside 0..255: [{color.min()}, {color.max()}]")
+    seg = np.asarray(raw["segment"])
+    if seg.min() < -1 or seg.max() >= num_classes:
+        raise SceneError(where, f"labels out of range: found [{seg.min()}, {seg.max()}], valid -1.."
+                                f"{num_classes - 1} ({num_classes} classes)")
+    if np.asarray(raw["instance"]).min() < -1:
+        raise SceneError(where, f"instance ids below -1: {np.asarray(raw['instance']).min()}")
+
+
+def voxelize(raw, grid_size, keep_full_res):
+    """Keep the first point (lowest input index) of every occupied `grid_size` voxel, in grid-key order.
+
+    First-point dedup is the reference's Structured3D preprocessing (np.unique return_index). Grid
+    coordinates are floor((coord - coord.min(0)) / grid_size) computed in float64, so they do not depend
+    on float32 rounding of the subtraction. With `keep_full_res` the result also carries
+    `origin_segment` (every input point's label) and `inverse` (every input point's site index).
+    """
+    coord = np.asarray(raw["coord"], np.float32)
+    grid = np.floor((coord.astype(np.float64) - coord.min(0)) / grid_size).astype(np.int64)
+    if grid.max() >= schema.GRID_BOUND:
+        raise SceneError(raw.get("path", "?"), f"scene extent {np.ptp(coord, 0)} m exceeds "
+                                               f"{schema.GRID_BOUND} voxels of {grid_size} m")
+    key = schema.grid_key(grid)
+    order = np.argsort(key, kind="stable")
+    starts = np.ones(len(order), bool)
+    starts[1:] = key[order[1:]] != key[order[:-1]]
+    sites = order[starts]
+    out = {
+        "coord": coord[sites],
+        "color": np.asarray(raw["color"]).astype(np.uint8)[sites],
+        "normal": np.asarray(raw["normal"], np.float32)[sites],
+        "grid_coord": grid[sites].astype(np.int32),
+        "segment": np.asarray(raw["segment"], np.int32)[sites],
+        "instance": np.asarray(raw["instance"], np.int32)[sites],
+    }
+    if keep_full_res:
+        inverse = np.empty(len(order), np.int32)
+        inverse[order] = np.cumsum(starts) - 1
+        out["inverse"] = inverse
+        out["origin_segment"] = np.asarray(raw["segment"], np.int32)
+    return out
+
+
+def _process_scene(task):
+    """Worker: load, validate, voxelize and encode one scene. Pure in its inputs (spawn-safe)."""
+    load_fn, scene_id, dataset, grid_size, keep_full_res, num_classes = task
+    try:
+        raw = load_fn(scene_id)
+        validate(raw, num_classes, scene_id)
+        vox = voxelize(raw, grid_size, keep_full_res)
+    except SceneError as err:
+        return {"scene": scene_id, "file": err.path, "reason": err.reason}
+    except Exception as err:  # a bug, not bad input: stop the run, but say which scene
+        raise RuntimeError(f"{dataset} scene {scene_id}: unexpected {type(err).__name__}: {err}") from err
+    record = schema.encode_scene({**vox, "dataset": dataset, "scene": scene_id,
+                                  "grid_size": grid_size})
+    return {"scene": scene_id, "record": record, "num_points": len(raw["coord"]),
+            "num_sites": len(vox["coord"])}
+
+
+def _run(tasks, workers):
+    """Results of `_process_scene` in task order; at most 2 * workers scenes in flight or buffered.
+
+    A ProcessPoolExecutor (not multiprocessing.Pool) so that a worker killed by the OS (e.g. out of
+    memory) raises BrokenProcessPool instead of hanging the run.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_process_scene, tasks)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending = collections.deque()
+        try:
+            for task in tasks:
+                pending.append(pool.submit(_process_scene, task))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path, write):
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    _atomic_write(path, write)
+
+
+def _finished(split_dir, name, fingerprint):
+    """The progress record of a finished shard, or None when the shard must be (re)written."""
+    record_path = os.path.join(split_dir, PROGRESS_DIR, name + ".json")
+    shard_path = os.path.join(split_dir, name)
+    if not (os.path.exists(record_path) and os.path.exists(shard_path)):
+        return None
+    with open(record_path) as f:
+        record = json.load(f)
+    if record.get("fingerprint") != fingerprint or record.get("sha256") != _sha256(shard_path):
+        return None
+    return record
+
+
+def _write_shard(split_dir, name, fingerprint, results):
+    shard_path = os.path.join(split_dir, name)
+
+    def write(tmp):
+        with tf.io.TFRecordWriter(tmp) as w:
+            for res in results:
+                if "record" in res:
+                    w.write(res["record"])
+    _atomic_write(shard_path, write)
+    record = {
+        "fingerprint": fingerprint,
+        "sha256": _sha256(shard_path),
+        "bytes": os.path.getsize(shard_path),
+        "scenes": [{k: r[k] for k in ("scene", "num_points", "num_sites")}
+                   for r in results if "record" in r],
+        "skipped": [r for r in results if "record" not in r],
+    }
+    _write_json(os.path.join(split_dir, PROGRESS_DIR, name + ".json"), record)
+    return record
+
+
+def _clean_stale(split_dir, expected):
+    """Drop temporaries and shards of an earlier run with other settings (a different shard count)."""
+    for folder in (split_dir, os.path.join(split_dir, PROGRESS_DIR)):
+        for name in os.listdir(folder):
+            base = name[:-len(".json")] if folder != split_dir and name.endswith(".json") else name
+            stale_shard = name.startswith("shard-") and base not in expected
+            if name.endswith(".tmp") or stale_shard:
+                os.remove(os.path.join(folder, name))
+
+
+def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, keep_full_res=False,
+                workers=1, scenes_per_shard=16, label_names=None, manifest_extra=None,
+                overwrite=False, progress=True):
+    """Write `out_dir/<split>/shard-*.tfrecord` + `manifest.json` for `scene_ids`; return a Summary.
+
+    `load_fn(scene_id) -> raw dict` (see RAW_FIELDS; an optional "path" key names the source file in
+    error messages) must be picklable (a module-level function or functools.partial) when workers > 1.
+    `label_names` default to `labels.CLASS_NAMES[dataset]`; `manifest_extra` is merged into the manifest
+    (e.g. {"synthetic": True}). Scenes whose load_fn raises SceneError, or that fail validation, are
+    skipped and listed in the summary and the manifest; any other exception propagates.
+    """
+    start = time.time()
+    if grid_size <= 0:
+        raise ValueError(f"grid_size must be > 0, got {grid_size}")
+    if scenes_per_shard < 1:
+        raise ValueError(f"scenes_per_shard must be >= 1, got {scenes_per_shard}")
+    if label_names is None:
+        if dataset not in labels.CLASS_NAMES:
+            raise ValueError(f"dataset {dataset!r} has no label list in ppt_jax.labels; pass label_names")
+        label_names = labels.CLASS_NAMES[dataset]
+    if not all(isinstance(s, str) for s in scene_ids):
+        raise ValueError("scene_ids must be strings")
+    if len(set(scene_ids)) != len(scene_ids):
+        dup = sorted({s for s in scene_ids if scene_ids.count(s) > 1})
+        raise ValueError(f"duplicate scene ids: {dup[:5]}")
+    scene_ids = sorted(scene_ids)
+    split_dir = os.path.join(out_dir, split)
+    os.makedirs(os.path.join(split_dir, PROGRESS_DIR), exist_ok=True)
+
+    groups = [scene_ids[i:i + scenes_per_shard] for i in range(0, len(scene_ids), scenes_per_shard)]
+    names = [schema.SHARD_PATTERN.format(index=i, count=len(groups)) for i in range(len(groups))]
+    _clean_stale(split_dir, set(names))
+    manifest_path = os.path.join(split_dir, schema.MANIFEST_NAME)
+    if os.path.exists(manifest_path):  # stale until this run finishes
+        os.remove(manifest_path)
+    settings = {"schema_version": schema.SCHEMA_VERSION, "dataset": dataset, "split": split,
+                "grid_size": grid_size, "keep_full_res": keep_full_res, "label_names": list(label_names)}
+    fingerprints = [json.dumps({**settings, "scenes": g}, sort_keys=True) for g in groups]
+
+    records = [None if overwrite else _finished(split_dir, n, f) for n, f in zip(names, fingerprints)]
+    todo = [i for i, r in enumerate(records) if r is None]
+    tasks = [(load_fn, s, dataset, grid_size, keep_full_res, len(label_names))
+             for i in todo for s in groups[i]]
+    summary = Summary(dataset, split, split_dir, num_scenes=len(scene_ids),
+                      num_shards=len(groups), shards_reused=len(groups) - len(todo))
+
+    bar = tqdm.tqdm(total=len(tasks), desc=f"{dataset}/{split}", unit="scene", disable=not progress)
+    results = _run(tasks, workers)
+    try:
+        for i in todo:
+            done = []
+            for _ in groups[i]:
+                done.append(next(results))
+                bar.update(1)
+            records[i] = _write_shard(split_dir, names[i], fingerprints[i], done)
+    finally:
+        results.close()  # stops the workers at once when interrupted
+        bar.close()
+
+    scenes, shards = [], []
+    for name, record in zip(names, records):
+        scenes += [{**s, "shard": name} for s in record["scenes"]]
+        summary.skipped += record["skipped"]
+        shards.append({"file": name, "sha256": record["sha256"], "bytes": record["bytes"],
+                       "num_scenes": len(record["scenes"])})
+    summary.num_written = len(scenes)
+    summary.num_points = sum(s["num_points"] for s in scenes)
+    summary.num_sites = sum(s["num_sites"] for s in scenes)
+    manifest = {**settings, "num_scenes": len(scenes),
+                "num_points": summary.num_points, "num_sites": summary.num_sites,
+                "scenes_per_shard": scenes_per_shard, "shards": shards, "scenes": scenes,
+                "skipped": summary.skipped, **(manifest_extra or {})}
+    _write_json(manifest_path, manifest)
+    summary.seconds = time.time() - start
+    return summary

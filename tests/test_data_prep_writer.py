@@ -1,0 +1,219 @@
+"""The shard writer: voxelization against np.unique, field round trips, manifest, bad scenes, resume."""
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import writer
+from ppt_jax.data import schema
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENES = [f"scene{i:02d}" for i in range(7)]
+
+
+def make_raw(scene_id, num=300):
+    """A deterministic random scene: points in a 10 cm cube, so 1 cm voxels hold several points."""
+    rng = np.random.default_rng(int(scene_id[-2:]))
+    normal = rng.normal(size=(num, 3))
+    return {"coord": rng.uniform(-0.05, 0.05, (num, 3)).astype(np.float32) + np.float32(scene_id[-1]),
+            "color": rng.integers(0, 256, (num, 3)).astype(np.uint8),
+            "normal": (normal / np.linalg.norm(normal, axis=1, keepdims=True)).astype(np.float32),
+            "segment": rng.integers(-1, 20, num), "instance": rng.integers(-1, 4, num)}
+
+
+def load_broken(bad, scene_id):
+    """make_raw, with the scenes named in `bad` broken the way the dict says."""
+    raw = make_raw(scene_id)
+    kind = bad.get(scene_id)
+    if kind == "missing":
+        raise writer.SceneError(f"/raw/{scene_id}/{scene_id}.aggregation.json", "file not found")
+    if kind == "nan":
+        raw["coord"][5, 1] = np.nan
+    if kind == "label":
+        raw["segment"][3] = 20
+    if kind == "empty":
+        raw = {k: v[:0] for k, v in raw.items()}
+    return raw
+
+
+def load_interrupt(stop_at, scene_id):
+    if scene_id == stop_at:
+        raise KeyboardInterrupt
+    return make_raw(scene_id)
+
+
+def read_split(split_dir):
+    """{scene: decoded dict} over every shard named in the manifest."""
+    manifest = schema.read_manifest(split_dir)
+    scenes = {}
+    for shard in manifest["shards"]:
+        for rec in tf.data.TFRecordDataset(os.path.join(split_dir, shard["file"])):
+            scene = schema.decode_scene(rec.numpy())
+            scenes[scene["scene"]] = scene
+    return manifest, scenes
+
+
+def shard_bytes(split_dir):
+    return {n: open(os.path.join(split_dir, n), "rb").read()
+            for n in sorted(os.listdir(split_dir)) if n.startswith("shard-")}
+
+
+def write(out, load_fn=make_raw, scenes=SCENES, **kw):
+    kw = {"grid_size": 0.01, "scenes_per_shard": 3, "progress": False, **kw}
+    return writer.write_split(str(out), "ScanNet", "val", scenes, load_fn, keep_full_res=True, **kw)
+
+
+def test_voxelize_hand_case():
+    raw = {"coord": np.array([[0.5, 0.2, 0.1], [0.1, 0.1, 0.1], [1.5, 0.0, 0.0], [0.9, 0.9, 0.9],
+                              [0.0, 0.0, 1.2]], np.float32),
+           "color": np.arange(15, dtype=np.uint8).reshape(5, 3), "normal": np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]],
+           "segment": np.array([1, 2, 3, 4, -1]), "instance": np.array([0, 1, -1, 2, 3])}
+    vox = writer.voxelize(raw, 1.0, keep_full_res=True)
+    # voxels: points 0,1,3 -> (0,0,0) keep point 0; point 4 -> (0,0,1); point 2 -> (1,0,0)
+    np.testing.assert_array_equal(vox["grid_coord"], [[0, 0, 0], [0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(vox["segment"], [1, -1, 3])
+    np.testing.assert_array_equal(vox["coord"], raw["coord"][[0, 4, 2]])
+    np.testing.assert_array_equal(vox["color"], raw["color"][[0, 4, 2]])
+    np.testing.assert_array_equal(vox["instance"], [0, 3, -1])
+    np.testing.assert_array_equal(vox["inverse"], [0, 0, 2, 0, 1])
+    np.testing.assert_array_equal(vox["origin_segment"], raw["segment"])
+    assert "inverse" not in writer.voxelize(raw, 1.0, keep_full_res=False)
+
+
+def test_voxelize_matches_np_unique():
+    raw = make_raw("scene03", 5000)
+    vox = writer.voxelize(raw, 0.01, keep_full_res=True)
+    coord = raw["coord"].astype(np.float64)
+    grid = np.floor((coord - coord.min(0)) / 0.01).astype(np.int64)
+    uniq, first, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
+    np.testing.assert_array_equal(vox["grid_coord"], uniq)  # lexicographic = grid-key order
+    np.testing.assert_array_equal(vox["coord"], raw["coord"][first])
+    np.testing.assert_array_equal(vox["normal"], raw["normal"][first])
+    np.testing.assert_array_equal(vox["inverse"], inverse.ravel())
+    # every stored site is a real point, and each point's site lies in the point's voxel
+    np.testing.assert_array_equal(vox["grid_coord"][vox["inverse"]], grid)
+
+
+def test_round_trip_and_manifest(tmp_path):
+    summary = write(tmp_path)
+    assert summary.ok and summary.num_written == 7 and summary.num_shards == 3
+    split_dir = tmp_path / "val"
+    manifest, scenes = read_split(split_dir)
+    assert sorted(scenes) == SCENES
+    for sid in SCENES:
+        expect = writer.voxelize(make_raw(sid), 0.01, keep_full_res=True)
+        got = scenes[sid]
+        assert got["dataset"] == "ScanNet" and got["schema_version"] == schema.SCHEMA_VERSION
+        assert got["grid_size"] == pytest.approx(0.01)
+        for name in (*schema.SITE_FIELDS, *schema.POINT_FIELDS):
+            assert got[name].dtype == expect[name].dtype, name
+            np.testing.assert_array_equal(got[name], expect[name], err_msg=name)
+    assert manifest["dataset"] == "ScanNet" and manifest["split"] == "val"
+    assert manifest["label_names"][0] == "wall" and len(manifest["label_names"]) == 20
+    assert [s["file"] for s in manifest["shards"]] == [f"shard-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert [s["num_scenes"] for s in manifest["shards"]] == [3, 3, 1]
+    for shard in manifest["shards"]:
+        data = open(split_dir / shard["file"], "rb").read()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
+    entry = manifest["scenes"][4]
+    assert entry == {"scene": "scene04", "num_points": 300, "num_sites": len(scenes["scene04"]["coord"]),
+                     "shard": "shard-00001-of-00003.tfrecord"}
+    assert manifest["num_points"] == 7 * 300 and manifest["skipped"] == []
+
+
+def test_bad_scenes_skipped_and_reported(tmp_path):
+    write(tmp_path / "clean")
+    bad = {"scene01": "missing", "scene02": "nan", "scene04": "label", "scene05": "empty"}
+    summary = write(tmp_path / "bad", functools.partial(load_broken, bad))
+    assert not summary.ok and summary.num_written == 3
+    reasons = {s["scene"]: (s["file"], s["reason"]) for s in summary.skipped}
+    assert reasons["scene01"] == ("/raw/scene01/scene01.aggregation.json", "file not found")
+    assert reasons["scene02"] == ("scene02", "1 of 300 points have non-finite coord (NaN or inf)")
+    assert "labels out of range: found [-1, 20], valid -1..19" in reasons["scene04"][1]
+    assert reasons["scene05"][1] == "empty scene (no points)"
+    assert "4 skipped" in summary.line()
+    manifest, scenes = read_split(tmp_path / "bad" / "val")
+    assert sorted(scenes) == ["scene00", "scene03", "scene06"]
+    assert manifest["skipped"] == summary.skipped
+    for sid in scenes:  # the good scenes of the damaged shards are intact
+        np.testing.assert_array_equal(scenes[sid]["coord"], writer.voxelize(make_raw(sid), 0.01, False)["coord"])
+    name = "shard-00002-of-00003.tfrecord"  # the shard without broken scenes is byte-identical
+    assert shard_bytes(tmp_path / "bad" / "val")[name] == shard_bytes(tmp_path / "clean" / "val")[name]
+    # a re-run does not retry deterministic failures and reports them again
+    again = write(tmp_path / "bad", functools.partial(load_broken, bad))
+    assert again.shards_reused == 3 and again.skipped == summary.skipped
+
+
+def test_interrupt_then_resume_gives_identical_bytes(tmp_path):
+    write(tmp_path / "clean")
+    clean = shard_bytes(tmp_path / "clean" / "val")
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path / "run", functools.partial(load_interrupt, "scene04"))
+    split_dir = tmp_path / "run" / "val"
+    assert list(shard_bytes(split_dir)) == ["shard-00000-of-00003.tfrecord"]  # only finished shards
+    assert not os.path.exists(split_dir / schema.MANIFEST_NAME)
+    first = os.stat(split_dir / "shard-00000-of-00003.tfrecord").st_mtime_ns
+    summary = write(tmp_path / "run")
+    assert summary.shards_reused == 1 and summary.num_written == 7
+    assert os.stat(split_dir / "shard-00000-of-00003.tfrecord").st_mtime_ns == first
+    assert shard_bytes(split_dir) == clean
+    manifest_clean = json.load(open(tmp_path / "clean" / "val" / schema.MANIFEST_NAME))
+    assert json.load(open(split_dir / schema.MANIFEST_NAME)) == manifest_clean
+
+
+@pytest.mark.slow
+def test_hard_kill_in_subprocess_then_resume(tmp_path):
+    """os._exit after 4 scenes (mid-shard 1, with workers): re-run equals a clean single-worker run."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path[:0] = [{REPO!r}, {os.path.dirname(__file__)!r}]
+        import test_data_prep_writer as t
+        from data_prep import writer
+        def load(scene_id):
+            if scene_id == "scene04":
+                os._exit(3)
+            return t.make_raw(scene_id)
+        t.write({str(tmp_path / 'run')!r}, load)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    split_dir = tmp_path / "run" / "val"
+    assert list(shard_bytes(split_dir)) == ["shard-00000-of-00003.tfrecord"]
+    summary = write(tmp_path / "run", workers=2)
+    assert summary.shards_reused == 1
+    write(tmp_path / "clean")
+    assert shard_bytes(split_dir) == shard_bytes(tmp_path / "clean" / "val")
+
+
+def test_changed_settings_and_damaged_shards_are_rewritten(tmp_path):
+    write(tmp_path)
+    split_dir = tmp_path / "val"
+    with open(split_dir / "shard-00001-of-00003.tfrecord", "ab") as f:
+        f.write(b"x")  # a damaged shard fails its checksum
+    (split_dir / "shard-00002-of-00003.tfrecord.tmp").write_bytes(b"partial")
+    assert write(tmp_path).shards_reused == 2
+    assert not os.path.exists(split_dir / "shard-00002-of-00003.tfrecord.tmp")
+    assert write(tmp_path, grid_size=0.02).shards_reused == 0  # settings are part of the fingerprint
+    summary = write(tmp_path, scenes_per_shard=4)
+    assert summary.num_shards == 2 and list(shard_bytes(split_dir)) == [
+        "shard-00000-of-00002.tfrecord", "shard-00001-of-00002.tfrecord"]
+    assert write(tmp_path, scenes_per_shard=4, overwrite=True).shards_reused == 0
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="duplicate scene ids: \\['scene01'\\]"):
+        write(tmp_path, scenes=["scene01", "scene00", "scene01"])
+    with pytest.raises(ValueError, match="grid_size must be > 0"):
+        write(tmp_path, grid_size=0.0)
+    with pytest.raises(ValueError, match="no label list"):
+        writer.write_split(str(tmp_path), "Foo", "train", SCENES, make_raw)
+    with pytest.raises(RuntimeError, match="ScanNet scene scene00: unexpected KeyError"):
+        write(tmp_path, lambda s: {}["coord"])
