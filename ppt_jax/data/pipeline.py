@@ -1,0 +1,431 @@
+"""The tf.data input pipeline: shards -> augmented, statically shaped numpy batches (design.md §1, §6).
+
+Training (`train_dataset`): for global step t and row b, a pure function of (config, host, t, b) picks
+the dataset (the reference's ratio round-robin, `schedule.RatioSchedule`), the scene (a fresh seeded
+permutation per pass, dealt to hosts, `schedule.host_scenes`), and the scene's augmentation seed
+(seed, dataset, epoch, restart, scene, role). tf.data runs these rows through `tf.numpy_function` with
+`num_parallel_calls` (deterministic order), batches and prefetches. Resuming is re-creating the
+iterator at `start_step` (its `state()` is `{"step": t}`): nothing is replayed, no step is skipped.
+
+Static shapes: every row has N = `num_sites` sites. After the reference's per-dataset SphereCrop, a row
+with more than N sites is sphere-cropped to N, and the removed sites are counted in `cropped_sites`;
+shorter rows are padded (mask False, zeros, segment -1). `batch_metrics(batch)` gives the padding
+waste and crop counts for logging.
+
+Mix3D with static shapes (deviation from the reference, decided by the lead): the reference merges
+pairs of scenes of a batch into one cloud with probability `mix_prob` (B scenes -> B/2 clouds). Here a
+mixed batch (probability `mix_prob` per step, from (seed, step)) keeps B rows, and each row overlays two
+independently augmented scenes of its own dataset in the same frame (no re-voxelisation), each
+sphere-cropped to N // 2 sites; a site of the second scene at a grid_coord the first already occupies
+is dropped, so a row is a set of grid coordinates. The second scene of a row is the scene at the same
+position in a second permutation of the host's scenes (never the row's own scene when the host has two
+or more), so a mixed step reads 2B scenes as more, smaller crops, with the same number of sites per
+step as an unmixed one, and the epoch accounting does not depend on which steps were mixed.
+
+Evaluation (`eval_dataset`): no augmentation; CenterShift, one seeded random point per 2 cm voxel
+(the reference's validation GridSample), CenterShift(no z); `inverse` maps every original point to its
+row site (composing the shard's point -> stored site map), `origin_segment` is every original point's
+label; both padded to M = `eval_num_points` with -1. `fragment_dataset` yields, per scene, the 13
+test-time views x all GridSample test fragments batched in (B, N) rows with `index` (the stored site of
+each row site, -1 at padding) and the scene's `inverse`, for softmax voting at full resolution.
+
+`config.data` fields (`default_config()`):
+  datasets            tuple of dataset names; a row's `condition` is its dataset's position here
+  train_dirs          {name: train split directory with manifest.json}
+  ratios              tuple, batches (or samples) per round for each dataset; reference (4, 2, 1)
+  mixing              "round_robin": every batch from one dataset (reference) | "per_sample": every row
+                      follows the ratio schedule on its own (rows of one batch may differ in condition)
+  batch_size          rows per host per step
+  num_sites           N, static sites per training row
+  grid_size           2 cm sampling grid (metres)
+  mix_prob            Mix3D probability per batch (reference 0.8)
+  crop_point_max      {name: SphereCrop point_max}  (reference: ScanNet 100000)
+  crop_sample_rate    {name: SphereCrop sample_rate} (reference: S3DIS 0.6, Structured3D 0.8)
+  seed                the one seed of all shuffling and augmentation
+  num_parallel_calls  tf.data map parallelism (-1 = AUTOTUNE); order is deterministic regardless
+  prefetch            batches prefetched
+  eval_batch_size     rows per validation batch
+  eval_num_sites      static sites per eval/test row (no crop at eval: a larger scene is an error)
+  eval_num_points     static full-resolution points per eval row (M)
+  test_batch_size     fragment rows per test batch
+"""
+
+import functools
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from ppt_jax import labels
+from ppt_jax.data import augment, records, schedule
+
+MIXING_MODES = ("round_robin", "per_sample")
+# Spec §8: rotations about z x scales, then one flip of x and y.
+TTA_VIEWS = tuple((angle * np.pi, scale, False) for scale in (1.0, 0.95, 1.05)
+                   for angle in (0.0, 0.5, 1.0, 1.5)) + ((0.0, 1.0, True),)
+TRAIN_KEYS = ("grid_coord", "mask", "feat", "segment", "condition", "cropped_sites")
+EVAL_KEYS = ("grid_coord", "mask", "feat", "segment", "condition", "inverse", "origin_segment")
+
+
+def default_config():
+    """The reference's three-dataset recipe (spec §6-§7); shard directories left for the user."""
+    c = ml_collections.ConfigDict()
+    c.datasets = (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
+    c.train_dirs = {name: "" for name in c.datasets}
+    c.ratios = (4, 2, 1)
+    c.mixing = "round_robin"
+    c.batch_size = 3
+    c.num_sites = 100_000
+    c.grid_size = 0.02
+    c.mix_prob = 0.8
+    c.crop_point_max = {labels.SCANNET: 100_000}
+    c.crop_sample_rate = {labels.S3DIS: 0.6, labels.STRUCTURED3D: 0.8}
+    c.seed = 0
+    c.num_parallel_calls = -1
+    c.prefetch = 2
+    c.eval_batch_size = 1
+    c.eval_num_sites = 1 << 18
+    c.eval_num_points = 1 << 20
+    c.test_batch_size = 4
+    return c
+
+
+def _fail(field, problem):
+    raise ValueError(f"config.data.{field}: {problem}")
+
+
+def check_config(cfg, train=True):
+    """Raise a ValueError naming the `config.data` field for every inconsistent setting."""
+    names = tuple(cfg.datasets)
+    if not names or len(set(names)) != len(names):
+        _fail("datasets", f"need distinct dataset names, got {names}")
+    for name in names:
+        if name not in labels.CLASS_NAMES:
+            _fail("datasets", f"unknown dataset {name!r}; known: {labels.DATASETS}")
+    for field in ("crop_point_max", "crop_sample_rate"):
+        for name in dict(cfg[field]):
+            if name not in names:
+                _fail(field, f"{name!r} is not in config.data.datasets {names}")
+    both = set(dict(cfg.crop_point_max)) & set(dict(cfg.crop_sample_rate))
+    if both:
+        _fail("crop_sample_rate", f"{sorted(both)} also have crop_point_max: give one of the two")
+    for name, rate in dict(cfg.crop_sample_rate).items():
+        if not 0 < rate <= 1:
+            _fail("crop_sample_rate", f"{name}: rate {rate} not in (0, 1]")
+    if cfg.grid_size <= 0:
+        _fail("grid_size", f"must be positive, got {cfg.grid_size}")
+    for field in ("eval_batch_size", "eval_num_sites", "eval_num_points", "test_batch_size"):
+        if cfg[field] < 1:
+            _fail(field, f"must be >= 1, got {cfg[field]}")
+    if not train:
+        return
+    if len(tuple(cfg.ratios)) != len(names) or any(int(r) < 1 for r in cfg.ratios):
+        _fail("ratios", f"need one positive integer per dataset {names}, got {tuple(cfg.ratios)}")
+    if cfg.mixing not in MIXING_MODES:
+        _fail("mixing", f"must be one of {MIXING_MODES}, got {cfg.mixing!r}")
+    if cfg.batch_size < 1:
+        _fail("batch_size", f"must be >= 1, got {cfg.batch_size}")
+    if cfg.num_sites < 2:
+        _fail("num_sites", f"must be >= 2 (Mix3D halves it), got {cfg.num_sites}")
+    if not 0 <= cfg.mix_prob <= 1:
+        _fail("mix_prob", f"must lie in [0, 1], got {cfg.mix_prob}")
+    for name in names:
+        if not cfg.train_dirs.get(name):
+            _fail("train_dirs", f"no shard directory for {name!r}")
+
+
+def _open_index(split_dir, name):
+    index = records.SceneIndex(split_dir)
+    if index.dataset != name:
+        raise ValueError(f"{split_dir}: manifest says dataset {index.dataset!r}, the config uses it "
+                         f"as {name!r}")
+    return index
+
+
+def _cloud(scene, where):
+    """Shard scene -> float cloud for the transforms (`site` = row in the shard)."""
+    if len(scene["coord"]) == 0:
+        raise ValueError(f"{where}: scene {scene['scene']!r} has no sites")
+    return {"coord": scene["coord"].astype(np.float32), "color": scene["color"].astype(np.float32),
+            "normal": scene["normal"].astype(np.float32), "segment": scene["segment"],
+            "site": np.arange(len(scene["coord"]), dtype=np.int32)}
+
+
+def _crop_budget_fn(cfg, name):
+    return functools.partial(augment.reference_crop_budget,
+                             point_max=dict(cfg.crop_point_max).get(name),
+                             sample_rate=dict(cfg.crop_sample_rate).get(name))
+
+
+def merge_mix3d(first, second):
+    """Overlay two clouds; drop the second's sites whose grid_coord the first already has."""
+    grid = np.concatenate([first["grid_coord"], second["grid_coord"]]).astype(np.int64)
+    extent = grid.max(0) + 1
+    key = (grid[:, 0] * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
+    _, keep = np.unique(key, return_index=True)  # first occurrence: the first cloud wins
+    merged = {k: np.concatenate([first[k], second[k]]) for k in first}
+    return augment.take(merged, np.sort(keep))
+
+
+def pad_row(cloud, num_sites):
+    """Cloud with `grid_coord` -> fixed-size (grid_coord, mask, feat, segment) with padding."""
+    n = len(cloud["coord"])
+    if n > num_sites:
+        raise ValueError(f"row has {n} sites > budget {num_sites}")
+    grid = np.zeros((num_sites, 3), np.int32)
+    grid[:n] = cloud["grid_coord"]
+    mask = np.zeros(num_sites, bool)
+    mask[:n] = True
+    feat = np.zeros((num_sites, 6), np.float32)
+    feat[:n, :3] = cloud["color"] / 255.0  # NormalizeColor
+    feat[:n, 3:] = cloud["normal"]
+    segment = np.full(num_sites, -1, np.int32)
+    segment[:n] = cloud["segment"]
+    return grid, mask, feat, segment
+
+
+def _pad_points(values, size, what):
+    if len(values) > size:
+        raise ValueError(f"{what}: {len(values)} points > config.data.eval_num_points = {size}; "
+                         f"raise it")
+    out = np.full(size, -1, np.int32)
+    out[:len(values)] = values
+    return out
+
+
+class _TrainRows:
+    """The pure function (global row index) -> one training row."""
+
+    def __init__(self, cfg, process_index, process_count):
+        check_config(cfg)
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        self.cfg = cfg
+        self.process = (process_index, process_count)
+        self.names = tuple(cfg.datasets)
+        self.indexes = [_open_index(cfg.train_dirs[name], name) for name in self.names]
+        self.crop_fns = [_crop_budget_fn(cfg, name) for name in self.names]
+        per_host = [len(index) // process_count for index in self.indexes]
+        units = per_host if cfg.mixing == "per_sample" else [n // cfg.batch_size for n in per_host]
+        for name, index, n in zip(self.names, self.indexes, units):
+            if n < 1:
+                raise ValueError(f"{name} ({index.split_dir}): {len(index)} scenes cannot fill one "
+                                 f"batch of config.data.batch_size={cfg.batch_size} rows on each of "
+                                 f"{process_count} hosts")
+        self.schedule = schedule.RatioSchedule(units, tuple(cfg.ratios))
+
+    def _scenes(self, d, key):
+        return schedule.host_scenes(len(self.indexes[d]), self.cfg.seed, key, *self.process)
+
+    def _sample(self, d, scene, key, role, budget):
+        where = f"{self.names[d]} scene #{scene}"
+        cloud = _cloud(self.indexes[d].read(scene), where)
+        rng = np.random.default_rng([self.cfg.seed, 3, *key, scene, role])
+        return augment.train_transform(cloud, rng, self.crop_fns[d], budget, self.cfg.grid_size)
+
+    def __call__(self, row):
+        cfg = self.cfg
+        step, b = divmod(int(row), cfg.batch_size)
+        if cfg.mixing == "round_robin":
+            d, epoch, restart, pos = self.schedule.locate(step)
+            pos = pos * cfg.batch_size + b
+        else:
+            d, epoch, restart, pos = self.schedule.locate(row)
+        key = (d, epoch, restart)
+        scenes = self._scenes(d, key)
+        mixed = np.random.default_rng([cfg.seed, 1, step]).random() < cfg.mix_prob
+        if not mixed:
+            cloud, cropped = self._sample(d, scenes[pos], key, 0, cfg.num_sites)
+        else:
+            partners = np.random.default_rng([cfg.seed, 2, *key]).permutation(scenes)
+            partner = partners[pos]
+            if partner == scenes[pos] and len(scenes) > 1:
+                partner = partners[(pos + 1) % len(partners)]
+            first, cropped_a = self._sample(d, scenes[pos], key, 0, cfg.num_sites // 2)
+            second, cropped_b = self._sample(d, partner, key, 1, cfg.num_sites // 2)
+            cloud, cropped = merge_mix3d(first, second), cropped_a + cropped_b
+        return (*pad_row(cloud, cfg.num_sites), np.int32(d), np.int32(cropped))
+
+
+def _numpy_rows(fn, shapes, dtypes, keys, num_parallel_calls):
+    """tf.data map: int64 row index -> dict of fixed-shape tensors computed by `fn` in numpy."""
+    def map_fn(i):
+        outs = tf.numpy_function(fn, [i], dtypes, stateful=False)
+        return {k: tf.ensure_shape(o, s) for k, o, s in zip(keys, outs, shapes)}
+    return lambda ds: ds.map(map_fn, num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+def _finish(ds, batch_size, prefetch):
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch).with_options(options)
+
+
+class TrainIterator:
+    """Endless iterator of training batches (numpy dicts: design.md §1 keys plus `cropped_sites`).
+
+    `state()` is what the trainer checkpoints; `train_dataset(..., start_step=state["step"])` resumes.
+    """
+
+    def __init__(self, cfg, process_index, process_count, start_step):
+        rows = _TrainRows(cfg, process_index, process_count)
+        n, b = cfg.num_sites, cfg.batch_size
+        shapes = ((n, 3), (n,), (n, 6), (n,), (), ())
+        dtypes = (tf.int32, tf.bool, tf.float32, tf.int32, tf.int32, tf.int32)
+        ds = tf.data.Dataset.range(int(start_step) * b, np.iinfo(np.int64).max)
+        ds = ds.apply(_numpy_rows(rows, shapes, dtypes, TRAIN_KEYS, cfg.num_parallel_calls))
+        self.schedule = rows.schedule
+        self.step = int(start_step)
+        self._it = _finish(ds, b, cfg.prefetch).as_numpy_iterator()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self._it)
+        self.step += 1
+        return batch
+
+    def state(self):
+        return {"step": self.step}
+
+
+def train_dataset(cfg, process_index=0, process_count=1, start_step=0):
+    """This host's endless training batches from step `start_step` (see module docstring)."""
+    return TrainIterator(cfg, process_index, process_count, start_step)
+
+
+def steps_per_epoch(cfg, process_count=1):
+    """Steps in one epoch (one pass of the first dataset), as in the reference's loader length."""
+    return _TrainRows(cfg, 0, process_count).schedule.epoch_length // (
+        cfg.batch_size if cfg.mixing == "per_sample" else 1)
+
+
+def batch_metrics(batch):
+    """Scalars to log for one batch: padding waste and sites lost to the static budget."""
+    mask = np.asarray(batch["mask"])
+    return {"data/padding_fraction": float(1.0 - mask.mean()),
+            "data/sites": int(mask.sum()),
+            "data/cropped_sites": int(np.asarray(batch["cropped_sites"]).sum())}
+
+
+def _host_positions(num_scenes, batch_size, process_index, process_count):
+    """This host's scene positions, padded with -1 (empty rows) to the same batch count on all hosts."""
+    per_host = -(-num_scenes // process_count)
+    rows = -(-per_host // batch_size) * batch_size
+    mine = list(range(process_index, num_scenes, process_count))
+    return np.array(mine + [-1] * (rows - len(mine)), np.int64)
+
+
+def _full_res(scene, where):
+    if len(scene["inverse"]) == 0:
+        raise ValueError(f"{where}: scene {scene['scene']!r} has no full-resolution fields "
+                         f"(inverse, origin_segment): write val/test splits with keep_full_res")
+    return scene["inverse"], scene["origin_segment"]
+
+
+class _EvalRows:
+    """(scene position or -1) -> one validation row at full resolution."""
+
+    def __init__(self, cfg, index, condition):
+        self.cfg, self.index, self.condition = cfg, index, condition
+
+    def __call__(self, position):
+        cfg, position = self.cfg, int(position)
+        n, m = cfg.eval_num_sites, cfg.eval_num_points
+        if position < 0:
+            empty = {"coord": np.zeros((0, 3)), "grid_coord": np.zeros((0, 3), np.int32),
+                     "color": np.zeros((0, 3)), "normal": np.zeros((0, 3)),
+                     "segment": np.zeros(0, np.int32)}
+            return (*pad_row(empty, n), np.int32(self.condition), np.full(m, -1, np.int32),
+                    np.full(m, -1, np.int32))
+        scene = self.index.read(position)
+        where = f"{self.index.split_dir} scene #{position}"
+        inverse, origin_segment = _full_res(scene, where)
+        cloud = augment.center_shift(_cloud(scene, where), apply_z=True)
+        rng = np.random.default_rng([cfg.seed, 4, position])
+        cloud, site_to_row = augment.grid_sample_train(cloud, rng, cfg.grid_size, return_inverse=True)
+        cloud = augment.center_shift(cloud, apply_z=False)
+        if len(cloud["coord"]) > n:
+            raise ValueError(f"{where}: {len(cloud['coord'])} sites at {cfg.grid_size} m > "
+                             f"config.data.eval_num_sites = {n}; raise it")
+        return (*pad_row(cloud, n), np.int32(self.condition),
+                _pad_points(site_to_row[inverse], m, where), _pad_points(origin_segment, m, where))
+
+
+def eval_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1):
+    """Validation batches of one split (design.md §1 keys plus `inverse`, `origin_segment`).
+
+    One pass; every host yields the same number of batches (rows past the end are empty: mask False,
+    inverse -1), so multi-host evaluation stays in lockstep.
+    """
+    check_config(cfg, train=False)
+    index = _open_index(split_dir, dataset_name)
+    rows = _EvalRows(cfg, index, tuple(cfg.datasets).index(dataset_name))
+    n, m = cfg.eval_num_sites, cfg.eval_num_points
+    shapes = ((n, 3), (n,), (n, 6), (n,), (), (m,), (m,))
+    dtypes = (tf.int32, tf.bool, tf.float32, tf.int32, tf.int32, tf.int32, tf.int32)
+    positions = _host_positions(len(index), cfg.eval_batch_size, process_index, process_count)
+    ds = tf.data.Dataset.from_tensor_slices(positions)
+    ds = ds.apply(_numpy_rows(rows, shapes, dtypes, EVAL_KEYS, cfg.num_parallel_calls))
+    return _finish(ds, cfg.eval_batch_size, cfg.prefetch).as_numpy_iterator()
+
+
+def tta_views(cloud):
+    """The 13 test-time views of a centred cloud (spec §8)."""
+    for angle, scale, flipped in TTA_VIEWS:
+        view = augment.flip(cloud, True, True) if flipped else augment.rotate(cloud, angle, "z",
+                                                                              (0, 0, 0))
+        yield {**view, "coord": view["coord"] * np.float32(scale)}
+
+
+def _batch_rows(rows, batch_size, num_sites, condition):
+    """Fragment clouds -> list of (B, N) batches; the last one filled with empty rows."""
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        out = {"grid_coord": np.zeros((batch_size, num_sites, 3), np.int32),
+               "mask": np.zeros((batch_size, num_sites), bool),
+               "feat": np.zeros((batch_size, num_sites, 6), np.float32),
+               "segment": np.full((batch_size, num_sites), -1, np.int32),
+               "condition": np.full(batch_size, condition, np.int32),
+               "index": np.full((batch_size, num_sites), -1, np.int32)}
+        for r, cloud in enumerate(chunk):
+            out["grid_coord"][r], out["mask"][r], out["feat"][r], out["segment"][r] = pad_row(
+                cloud, num_sites)
+            out["index"][r, :len(cloud["site"])] = cloud["site"]
+        batches.append(out)
+    return batches
+
+
+def scene_fragments(scene, cfg, condition, where="scene"):
+    """One scene's 13 views x GridSample test fragments as (B, N) batches (see `fragment_dataset`)."""
+    cloud = augment.center_shift(_cloud(scene, where), apply_z=True)
+    rows = []
+    for view in tta_views(cloud):
+        for fragment, _ in augment.grid_sample_test(view, cfg.grid_size):
+            if len(fragment["coord"]) > cfg.eval_num_sites:
+                raise ValueError(f"{where}: fragment of {len(fragment['coord'])} sites > "
+                                 f"config.data.eval_num_sites = {cfg.eval_num_sites}; raise it")
+            rows.append(augment.center_shift(fragment, apply_z=False))
+    return _batch_rows(rows, cfg.test_batch_size, cfg.eval_num_sites, condition)
+
+
+def fragment_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1):
+    """Per scene of this host: {"scene", "num_sites", "inverse", "origin_segment", "batches"}.
+
+    `batches` hold (B, N) rows with design.md §1 keys plus `index` (B, N): the stored site of each row
+    site (-1 at padding). Voting: add each row's softmax into `votes[index]` (num_sites, K) over all
+    batches, then the full-resolution prediction is `argmax(votes, -1)[inverse]`. Every stored site
+    (hence every original point) is in at least one fragment of every view.
+    """
+    check_config(cfg, train=False)
+    index = _open_index(split_dir, dataset_name)
+    condition = tuple(cfg.datasets).index(dataset_name)
+    for position in range(process_index, len(index), process_count):
+        scene = index.read(position)
+        where = f"{split_dir} scene #{position}"
+        inverse, origin_segment = _full_res(scene, where)
+        yield {"scene": scene["scene"], "num_sites": len(scene["coord"]), "inverse": inverse,
+               "origin_segment": origin_segment,
+               "batches": scene_fragments(scene, cfg, condition, where)}

@@ -1,0 +1,336 @@
+"""The tf.data pipeline on tiny shards written with schema.encode_scene: shapes, determinism, resume,
+host split, ratio schedule, Mix3D, eval inverse maps and test-time fragments."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ppt_jax import labels
+from ppt_jax.data import pipeline, records, schedule, schema
+
+GRID = 0.01  # stored grid of the shards
+
+
+def _lattice_points(rng, shape, label_fn, per_voxel=3, jitter=0.004):
+    """Points near the centres of 2 cm voxels on a lattice of `shape`, labelled per voxel.
+
+    Anchor points at ±jitter around the extreme voxels' centres make CenterShift a lattice
+    translation; the other points stay 1 mm inside them, so eval voxels = lattice voxels.
+    """
+    cells = np.argwhere(rng.random(shape) < 0.5)
+    cells = np.concatenate([[[0, 0, 0]], cells, [np.array(shape) - 1]])
+    idx = np.repeat(cells, per_voxel, axis=0)
+    coord = (idx + 0.5) * 0.02 + rng.uniform(-jitter + 0.001, jitter - 0.001, idx.shape)
+    coord[:per_voxel] = (idx[:per_voxel] + 0.5) * 0.02 - jitter  # x, y, z minimum
+    coord[-per_voxel:] = (idx[-per_voxel:] + 0.5) * 0.02 + jitter  # x, y maximum
+    return coord.astype(np.float32), label_fn(idx).astype(np.int32)
+
+
+def _store(coord, color, normal, segment, full_res):
+    """The first point of each 1 cm voxel in grid-key order (what data_prep writes)."""
+    grid = np.floor((coord.astype(np.float64) - coord.min(0)) / GRID).astype(np.int64)
+    key = schema.grid_key(grid)
+    order = np.argsort(key, kind="stable")
+    first = np.ones(len(order), bool)
+    first[1:] = key[order[1:]] != key[order[:-1]]
+    sites = order[first]
+    scene = {"coord": coord[sites], "color": color[sites], "normal": normal[sites],
+             "grid_coord": grid[sites].astype(np.int32), "segment": segment[sites],
+             "instance": np.full(len(sites), -1, np.int32)}
+    if full_res:
+        inverse = np.empty(len(order), np.int32)
+        inverse[order] = np.cumsum(first) - 1
+        scene.update(inverse=inverse, origin_segment=segment)
+    return scene
+
+
+def _make_scene(rng, dataset, name, shape, full_res=False):
+    num_classes = labels.num_classes(dataset)
+    offset = rng.integers(num_classes)
+    coord, segment = _lattice_points(rng, shape,
+                                     lambda i: (i[:, 0] + 3 * i[:, 1] + 7 * i[:, 2] + offset) %
+                                     num_classes)
+    coord += rng.uniform(-5, 5, 3).astype(np.float32)
+    normal = rng.standard_normal(coord.shape).astype(np.float32)
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    color = rng.integers(0, 256, coord.shape).astype(np.uint8)
+    scene = _store(coord, color, normal, segment, full_res)
+    return {**scene, "dataset": dataset, "scene": name, "grid_size": GRID}
+
+
+def write_split(root, dataset, num_scenes, per_shard=3, shape=(24, 20, 12), full_res=False, seed=0):
+    """A split directory as data_prep writes it: shards of `per_shard` scenes and a manifest."""
+    split_dir = os.path.join(root, dataset)
+    os.makedirs(split_dir)
+    rng = np.random.default_rng(seed)
+    scenes = [_make_scene(rng, dataset, f"{dataset}_{i:03d}", shape, full_res)
+              for i in range(num_scenes)]
+    groups = [scenes[i:i + per_shard] for i in range(0, num_scenes, per_shard)]
+    shards = []
+    for i, group in enumerate(groups):
+        name = schema.SHARD_PATTERN.format(index=i, count=len(groups))
+        with tf.io.TFRecordWriter(os.path.join(split_dir, name)) as w:
+            for scene in group:
+                w.write(schema.encode_scene(scene))
+        shards.append({"file": name, "num_scenes": len(group)})
+    with open(os.path.join(split_dir, schema.MANIFEST_NAME), "w") as f:
+        json.dump({"schema_version": schema.SCHEMA_VERSION, "dataset": dataset, "split": "train",
+                   "grid_size": GRID, "shards": shards}, f)
+    return split_dir, scenes
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("shards"))
+    sizes = {labels.STRUCTURED3D: 8, labels.SCANNET: 5, labels.S3DIS: 4}
+    return {name: write_split(root, name, n, seed=i)[0] for i, (name, n) in enumerate(sizes.items())}
+
+
+def _config(splits, **overrides):
+    cfg = pipeline.default_config()
+    cfg.train_dirs = dict(splits)
+    cfg.batch_size = 2
+    cfg.num_sites = 1024
+    cfg.num_parallel_calls = 2
+    cfg.eval_num_sites = 4096
+    cfg.eval_num_points = 16384
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_records_decode_matches_schema(tmp_path):
+    split_dir, scenes = write_split(str(tmp_path), labels.SCANNET, 4, full_res=True)
+    index = records.SceneIndex(split_dir)
+    assert len(index) == 4 and index.dataset == labels.SCANNET
+    for i, scene in enumerate(scenes):
+        got = index.read(i)
+        path, offset, length = index.locations[i]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            want = schema.decode_scene(f.read(length))
+        for k in (*schema.SITE_FIELDS, *schema.POINT_FIELDS):
+            np.testing.assert_array_equal(got[k], want[k])
+            np.testing.assert_array_equal(got[k], scene[k])
+        assert got["scene"] == scene["scene"] and got["dataset"] == labels.SCANNET
+
+
+def test_records_report_bad_shards(tmp_path):
+    split_dir, _ = write_split(str(tmp_path), labels.S3DIS, 4)
+    with open(os.path.join(split_dir, schema.MANIFEST_NAME)) as f:
+        manifest = json.load(f)
+    shard = os.path.join(split_dir, manifest["shards"][0]["file"])
+    with open(shard, "rb") as f:
+        data = f.read()
+    with open(shard, "wb") as f:
+        f.write(data[:len(data) - 100])
+    with pytest.raises(ValueError, match="shard-00000-of-00002.tfrecord.*truncated"):
+        records.SceneIndex(split_dir)
+    os.remove(shard)
+    with pytest.raises(FileNotFoundError, match="shard-00000-of-00002.tfrecord"):
+        records.SceneIndex(split_dir)
+    with pytest.raises(FileNotFoundError, match="no shard manifest"):
+        records.SceneIndex(str(tmp_path))
+
+
+def test_config_errors_name_the_field(splits):
+    for field, value, match in [("ratios", (1, 2), "config.data.ratios"),
+                                ("mixing", "random", "config.data.mixing"),
+                                ("datasets", ("ScanNet", "KITTI"), "config.data.datasets"),
+                                ("mix_prob", 1.5, "config.data.mix_prob"),
+                                ("batch_size", 9, "batch_size=9")]:
+        with pytest.raises(ValueError, match=match):
+            pipeline.train_dataset(_config(splits, **{field: value}))
+    wrong = _config(splits)
+    wrong.train_dirs = {**dict(splits), labels.SCANNET: splits[labels.S3DIS]}
+    with pytest.raises(ValueError, match="manifest says dataset 'S3DIS'"):
+        pipeline.train_dataset(wrong)
+
+
+def test_reference_ratio_schedule_exact():
+    """RatioSchedule equals a direct port of the reference MultiDatasetDataloader loop."""
+    def reference(lengths, ratios, epochs):
+        out = []
+        for epoch in range(epochs):
+            counters = [0] * len(lengths)  # batches drawn from each loader this epoch
+            length = lengths[0] // ratios[0] * sum(ratios) + lengths[0] % ratios[0]
+            for i in range(length):
+                d = 0 if i >= lengths[0] // ratios[0] * sum(ratios) else int(
+                    np.searchsorted(np.cumsum(ratios), i % sum(ratios), side="right"))
+                restart, pos = divmod(counters[d], lengths[d])
+                counters[d] += 1
+                out.append((d, epoch, restart, pos))
+        return out
+
+    for lengths in [(10, 7, 3), (9, 2, 1), (4, 50, 50), (1, 1, 1)]:
+        sched = schedule.RatioSchedule(lengths, (4, 2, 1))
+        want = reference(lengths, (4, 2, 1), 3)
+        assert [sched.locate(u) for u in range(len(want))] == want
+    sched = schedule.RatioSchedule((40, 40, 40), (4, 2, 1))
+    assert [sched.locate(u)[0] for u in range(7)] == [0, 0, 0, 0, 1, 1, 2]
+    assert sched.epoch_length == 70
+
+
+def test_host_split_partitions_scenes():
+    for num, hosts in [(17, 3), (8, 2), (5, 1)]:
+        parts = [schedule.host_scenes(num, 0, (0, 1, 0), h, hosts) for h in range(hosts)]
+        joined = np.concatenate(parts)
+        assert all(len(p) == num // hosts for p in parts)
+        assert len(np.unique(joined)) == len(joined) == num // hosts * hosts
+        other_epoch = schedule.host_scenes(num, 0, (0, 2, 0), 0, hosts)
+        assert not np.array_equal(other_epoch, parts[0]) or num // hosts < 3
+
+
+def test_train_batches_static_shapes_and_padding(splits):
+    cfg = _config(splits, mix_prob=0.5)
+    it = pipeline.train_dataset(cfg)
+    conditions = []
+    for batch in _take(it, 8):
+        n = cfg.num_sites
+        assert set(batch) == set(pipeline.TRAIN_KEYS)
+        assert batch["grid_coord"].shape == (2, n, 3) and batch["grid_coord"].dtype == np.int32
+        assert batch["mask"].shape == (2, n) and batch["mask"].dtype == bool
+        assert batch["feat"].shape == (2, n, 6) and batch["feat"].dtype == np.float32
+        assert batch["segment"].dtype == np.int32 and batch["condition"].shape == (2,)
+        mask = batch["mask"]
+        assert (batch["grid_coord"] >= 0).all()
+        assert (batch["grid_coord"][~mask] == 0).all() and (batch["feat"][~mask] == 0).all()
+        assert (batch["segment"][~mask] == -1).all()
+        color = batch["feat"][..., :3][mask]
+        assert color.min() >= 0 and color.max() <= 1
+        np.testing.assert_allclose(np.linalg.norm(batch["feat"][..., 3:][mask], axis=-1), 1,
+                                   atol=1e-4)
+        for r in range(2):
+            count = mask[r].sum()
+            assert mask[r, :count].all() and count > 0  # real sites first, then padding
+            name = cfg.datasets[batch["condition"][r]]
+            assert batch["segment"][r][mask[r]].max() < labels.num_classes(name)
+            grid = batch["grid_coord"][r][mask[r]]
+            assert len(np.unique(grid, axis=0)) == len(grid)  # a row is a set of sites
+        assert len(set(batch["condition"])) == 1  # round robin: one dataset per batch
+        conditions.append(int(batch["condition"][0]))
+        metrics = pipeline.batch_metrics(batch)
+        assert metrics["data/padding_fraction"] == pytest.approx(1 - mask.mean())
+    assert conditions == [0, 0, 0, 0, 1, 1, 2, 0]  # Structured3D:ScanNet:S3DIS = 4:2:1
+    assert it.state() == {"step": 8}
+
+
+def test_determinism_and_resume(splits):
+    cfg = _config(splits)
+    first = _take(pipeline.train_dataset(cfg), 6)
+    second = _take(pipeline.train_dataset(cfg), 6)
+    resumed = _take(pipeline.train_dataset(cfg, start_step=4), 2)
+    for a, b in zip(first, second):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    for a, b in zip(first[4:], resumed):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    cfg.seed = 1
+    other = next(pipeline.train_dataset(cfg))
+    assert not np.array_equal(other["grid_coord"], first[0]["grid_coord"])
+
+
+def test_site_budget_crop_is_counted(splits):
+    small = next(pipeline.train_dataset(_config(splits, num_sites=200, mix_prob=0.0)))
+    assert small["mask"].all() and (small["cropped_sites"] > 0).all()
+    large = next(pipeline.train_dataset(_config(splits, num_sites=8192, mix_prob=0.0)))
+    assert (large["cropped_sites"] == 0).all()
+    assert pipeline.batch_metrics(large)["data/padding_fraction"] > 0.5
+
+
+def test_mix3d_rows_are_sets_of_two_scenes(splits):
+    cfg = _config(splits, mix_prob=1.0, num_sites=600)
+    for batch in _take(pipeline.train_dataset(cfg), 3):
+        for r in range(cfg.batch_size):
+            grid = batch["grid_coord"][r][batch["mask"][r]]
+            assert len(np.unique(grid, axis=0)) == len(grid)
+            assert cfg.num_sites // 2 < len(grid) <= cfg.num_sites  # both halves contributed
+    unmixed = next(pipeline.train_dataset(_config(splits, mix_prob=0.0, num_sites=600)))
+    assert unmixed["mask"].all()
+
+
+def test_per_sample_mixing_rows_follow_the_schedule(splits):
+    cfg = _config(splits, mixing="per_sample", batch_size=7, mix_prob=0.0, num_sites=256)
+    batch = next(pipeline.train_dataset(cfg))
+    assert list(batch["condition"]) == [0, 0, 0, 0, 1, 1, 2]
+    assert pipeline.steps_per_epoch(cfg) == (8 // 4 * 7 + 0) // 7
+
+
+def test_multi_host_iterators_read_disjoint_scenes(splits):
+    cfg = _config(splits, mix_prob=0.0)
+    rows = [pipeline._TrainRows(cfg, h, 2) for h in range(2)]
+    keys = [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+    for key in keys:
+        a, b = (r._scenes(key[0], key) for r in rows)
+        assert len(a) == len(b) and not set(a) & set(b)
+    batches = [next(pipeline.train_dataset(cfg, h, 2)) for h in range(2)]
+    assert not np.array_equal(batches[0]["feat"], batches[1]["feat"])
+
+
+@pytest.fixture(scope="module")
+def val_split(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("val"))
+    return write_split(root, labels.S3DIS, 3, per_shard=2, shape=(16, 14, 10), full_res=True,
+                       seed=5)
+
+
+def test_eval_inverse_maps_points_to_sites_with_their_label(splits, val_split):
+    split_dir, scenes = val_split
+    cfg = _config(splits, eval_batch_size=2)
+    batches = list(pipeline.eval_dataset(split_dir, labels.S3DIS, cfg))
+    assert len(batches) == 2  # 3 scenes -> 2 batches of 2 rows, the last row empty
+    rows = [(b, r) for b in batches for r in range(2)]
+    for (batch, r), scene in zip(rows, scenes + [None]):
+        assert batch["condition"][r] == cfg.datasets.index(labels.S3DIS)
+        inverse, mask = batch["inverse"][r], batch["mask"][r]
+        if scene is None:
+            assert not mask.any() and (inverse == -1).all()
+            continue
+        num_points = len(scene["inverse"])
+        assert (inverse[:num_points] >= 0).all() and (inverse[num_points:] == -1).all()
+        assert mask[inverse[:num_points]].all()
+        np.testing.assert_array_equal(batch["origin_segment"][r][:num_points],
+                                      scene["origin_segment"])
+        np.testing.assert_array_equal(batch["segment"][r][inverse[:num_points]],
+                                      scene["origin_segment"])
+        grid = batch["grid_coord"][r][mask]
+        assert len(np.unique(grid, axis=0)) == len(grid) == mask.sum()
+    with pytest.raises(tf.errors.OpError, match="eval_num_sites"):
+        list(pipeline.eval_dataset(split_dir, labels.S3DIS, _config(splits, eval_num_sites=100)))
+
+
+def test_fragments_cover_every_point_and_voxel(splits, val_split):
+    split_dir, scenes = val_split
+    cfg = _config(splits, test_batch_size=4)
+    out = list(pipeline.fragment_dataset(split_dir, labels.S3DIS, cfg))
+    assert [o["scene"] for o in out] == [s["scene"] for s in scenes]
+    for item, scene in zip(out, scenes):
+        num_sites = len(scene["coord"])
+        views = []  # consecutive rows with the same voxel set = the fragments of one view
+        for batch in item["batches"]:
+            assert batch["index"].shape == (4, cfg.eval_num_sites)
+            for r in range(4):
+                mask = batch["mask"][r]
+                index = batch["index"][r][mask]
+                assert (batch["index"][r][~mask] == -1).all()
+                if not mask.any():
+                    continue
+                np.testing.assert_array_equal(batch["segment"][r][mask], scene["segment"][index])
+                grid = batch["grid_coord"][r][mask]
+                assert len(np.unique(grid, axis=0)) == len(grid) == len(np.unique(index))
+                voxels = np.unique(grid, axis=0).tobytes()
+                if not views or views[-1][0] != voxels:
+                    views.append((voxels, np.zeros(num_sites, bool)))
+                views[-1][1][index] = True
+        assert len(views) == len(pipeline.TTA_VIEWS)
+        for _, covered in views:  # the fragments of every view cover every stored site
+            assert covered.all()
+        assert item["inverse"].max() == num_sites - 1  # and so every original point
