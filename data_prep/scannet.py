@@ -1,0 +1,143 @@
+"""ScanNet v2 -> shards: `python -m data_prep.scannet --raw DIR --out DIR [--meta DIR] --workers N`.
+
+Reads the published layout (spec §9): `scans/<scene>/<scene>_vh_clean_2.ply` (test scenes in
+`scans_test/`), `<scene>_vh_clean_2.0.010000.segs.json`, `<scene>.aggregation.json`, and from `--meta`
+(default `--raw`) `scannetv2-labels.combined.tsv` and `scannetv2_{train,val,test}.txt`.
+Points are the mesh vertices (no axis alignment, as the reference); normals are area-weighted vertex
+normals; `segment` is ScanNet20 (NYU40 id via the label table), or ScanNet200 (label-table `id`) with
+`--segment200`, which writes dataset "ScanNet200" with its 200 names; instance = segGroup id; -1 where
+unannotated. Later segGroups overwrite earlier ones (as the reference). Test scenes have no labels.
+"""
+
+import csv
+import functools
+import json
+import os
+import sys
+
+import numpy as np
+
+from data_prep import cli, normals, ply, writer
+from data_prep.scannet_classes import CLASS_LABELS_200, VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
+
+LABEL_TABLE = "scannetv2-labels.combined.tsv"
+SPLITS = ("train", "val", "test")
+
+
+def read_label_table(path, label_space):
+    """raw_category -> shard label (-1 when the category is not one of the benchmark classes).
+
+    The first row of a category wins, as the reference's `labels_pd[...].iloc[0]`.
+    """
+    column, valid = ("nyu40id", VALID_CLASS_IDS_20) if label_space == 20 else ("id", VALID_CLASS_IDS_200)
+    lookup = {cid: i for i, cid in enumerate(valid)}
+    table = {}
+    with open(path, newline="") as f:
+        rows = csv.DictReader(f, delimiter="\t")
+        for name in ("raw_category", column):
+            if name not in (rows.fieldnames or ()):
+                raise ValueError(f"{path}: missing column {name!r}")
+        for line, row in enumerate(rows, start=2):
+            try:
+                cid = int(row[column])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: {column} {row[column]!r} is not an integer") from None
+            table.setdefault(row["raw_category"], lookup.get(cid, -1))
+    return table
+
+
+def read_split_list(meta, split):
+    path = os.path.join(meta, f"scannetv2_{split}.txt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: ScanNet split list not found (pass --meta DIR)")
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _json(path, key):
+    try:
+        with open(path) as f:
+            return json.load(f)[key]
+    except FileNotFoundError:
+        raise writer.SceneError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise writer.SceneError(path, f"invalid JSON: {err}") from None
+    except KeyError:
+        raise writer.SceneError(path, f"no {key!r} entry") from None
+
+
+def scene_dir(raw, scene_id):
+    for folder in ("scans", "scans_test"):
+        path = os.path.join(raw, folder, scene_id)
+        if os.path.isdir(path):
+            return path
+    raise writer.SceneError(os.path.join(raw, "scans", scene_id), "scene folder not found")
+
+
+def read_mesh(path):
+    """-> coord (V,3) f32, color (V,3) u8, faces (F,3) int; SceneError for unreadable meshes."""
+    try:
+        mesh = ply.read_ply(path)
+    except FileNotFoundError:
+        raise writer.SceneError(path, "file not found") from None
+    except (OSError, ValueError) as err:
+        raise writer.SceneError(path, f"unreadable PLY: {err}") from None
+    vertex, face = mesh.get("vertex"), mesh.get("face")
+    need = ("x", "y", "z", "red", "green", "blue")
+    if vertex is None or any(n not in vertex.dtype.names for n in need):
+        raise writer.SceneError(path, f"PLY needs a vertex element with properties {need}")
+    if face is None:
+        raise writer.SceneError(path, "PLY has no face element (vertex normals need the faces)")
+    faces = face["vertex_indices"]
+    if faces.size and (faces.min() < 0 or faces.max() >= len(vertex)):
+        raise writer.SceneError(path, f"face indices outside 0..{len(vertex) - 1}")
+    coord = np.stack([vertex[n] for n in "xyz"], axis=1).astype(np.float32)
+    color = np.stack([vertex[n] for n in ("red", "green", "blue")], axis=1).astype(np.uint8)
+    return coord, color, faces
+
+
+def load_scene(scene_id, raw, table, labelled):
+    """One scan -> raw point dict for the writer. Pure in its arguments."""
+    folder = scene_dir(raw, scene_id)
+    ply_path = os.path.join(folder, f"{scene_id}_vh_clean_2.ply")
+    coord, color, faces = read_mesh(ply_path)
+    num = len(coord)
+    segment = np.full(num, -1, np.int32)
+    instance = np.full(num, -1, np.int32)
+    if labelled:
+        segs_path = os.path.join(folder, f"{scene_id}_vh_clean_2.0.010000.segs.json")
+        agg_path = os.path.join(folder, f"{scene_id}.aggregation.json")
+        seg_indices = np.asarray(_json(segs_path, "segIndices"))
+        if seg_indices.shape != (num,):
+            raise writer.SceneError(segs_path, f"{seg_indices.shape[0]} segIndices for {num} vertices")
+        for group in _json(agg_path, "segGroups"):
+            idx = np.isin(seg_indices, group["segments"])
+            segment[idx] = table.get(group["label"], -1)
+            instance[idx] = group["id"]
+    return {"coord": coord, "color": color, "normal": normals.mesh_vertex_normals(coord, faces),
+            "segment": segment, "instance": instance, "path": ply_path}
+
+
+def main(argv=None):
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--meta", help="folder with the label table and split lists (default: --raw)")
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset of train,val,test")
+    p.add_argument("--segment200", action="store_true", help="ScanNet200 labels (dataset 'ScanNet200')")
+    args = p.parse_args(argv)
+    meta = args.meta or args.raw
+    label_space = 200 if args.segment200 else 20
+    table = read_label_table(os.path.join(meta, LABEL_TABLE), label_space)
+    dataset, names = ("ScanNet200", CLASS_LABELS_200) if args.segment200 else ("ScanNet", None)
+    summaries = []
+    for split in args.splits.split(","):
+        if split not in SPLITS:
+            p.error(f"--splits: unknown split {split!r}; choose from {SPLITS}")
+        load = functools.partial(load_scene, raw=args.raw, table=table, labelled=split != "test")
+        summaries.append(writer.write_split(
+            args.out, dataset, split, read_split_list(meta, split), load,
+            keep_full_res=split != "train", label_names=names, **cli.writer_kwargs(args)))
+    return cli.report(summaries)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
