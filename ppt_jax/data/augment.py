@@ -23,6 +23,19 @@ import scipy.ndimage
 ELASTIC_PARAMS = ((0.2, 0.4), (0.8, 1.6))
 
 
+def bounds(coord):
+    """Per-axis (min, max) of (n, 3) coordinates (column by column: ~20x faster than min(0))."""
+    return (np.array([coord[:, j].min() for j in range(3)], coord.dtype),
+            np.array([coord[:, j].max() for j in range(3)], coord.dtype))
+
+
+def linear(coord, matrix):
+    """coord @ matrix.T computed column by column (BLAS on (n, 3) x (3, 3) is several times slower)."""
+    m = np.asarray(matrix, coord.dtype)
+    return np.stack([coord[:, 0] * m[j, 0] + coord[:, 1] * m[j, 1] + coord[:, 2] * m[j, 2]
+                     for j in range(3)], axis=1)
+
+
 def take(cloud, index):
     """Re-index every per-point array of `cloud` (the reference's `index_operator`)."""
     return {k: v[index] for k, v in cloud.items()}
@@ -31,7 +44,7 @@ def take(cloud, index):
 def center_shift(cloud, apply_z=True):
     """Move the bbox centre (x, y) and, with `apply_z`, the floor (z min) to the origin."""
     coord = cloud["coord"]
-    lo, hi = coord.min(0), coord.max(0)
+    lo, hi = bounds(coord)
     shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2] if apply_z else 0], coord.dtype)
     return {**cloud, "coord": coord - shift}
 
@@ -57,12 +70,13 @@ def rotation_matrix(angle, axis):
 
 def rotate(cloud, angle, axis, center=None):
     """Rotate coord about `center` (None: the bbox centre) and normal, by `angle` radians."""
-    rot = rotation_matrix(angle, axis).astype(cloud["coord"].dtype)
+    rot = rotation_matrix(angle, axis)
     coord = cloud["coord"]
     if center is None:
-        center = (coord.min(0) + coord.max(0)) / 2
+        center = sum(bounds(coord)) / 2
     center = np.asarray(center, coord.dtype)
-    return {**cloud, "coord": (coord - center) @ rot.T + center, "normal": cloud["normal"] @ rot.T}
+    return {**cloud, "coord": linear(coord - center, rot) + center,
+            "normal": linear(cloud["normal"], rot)}
 
 
 def random_rotate(cloud, rng, angle=(-1.0, 1.0), axis="z", center=None, p=0.5):
@@ -102,8 +116,8 @@ def elastic_field(coord, rng, granularity):
     Gaussian noise on a grid of spacing `granularity` starting one cell below the cloud's minimum,
     smoothed twice by 3-tap box filters along x, y, z (zero padding), trilinearly interpolated.
     """
-    lo = coord.min(0)
-    dims = ((coord - lo).max(0) // granularity).astype(int) + 3
+    lo, hi = bounds(coord)
+    dims = ((hi - lo) // granularity).astype(int) + 3
     noise = rng.standard_normal((*dims, 3), dtype=np.float32)
     for _ in range(2):
         for axis in range(3):
@@ -128,7 +142,7 @@ def chromatic_auto_contrast(cloud, rng, p=0.2):
     if rng.random() >= p:
         return cloud
     color = cloud["color"]
-    lo, hi = color.min(0, keepdims=True), color.max(0, keepdims=True)
+    lo, hi = (b[None] for b in bounds(color))
     span = hi - lo
     stretched = np.where(span > 0, (color - lo) * (255 / np.where(span > 0, span, 1)), color)
     blend = rng.random()
@@ -159,8 +173,9 @@ def voxelize(coord, grid_size):
     (stable, so ties keep point order), voxel v holds points `order[starts[v]:starts[v] + counts[v]]`.
     """
     grid = np.floor(coord / grid_size).astype(np.int64)
-    grid -= grid.min(0)
-    extent = grid.max(0) + 1
+    lo, hi = bounds(grid)
+    grid -= lo
+    extent = hi - lo + 1
     key = (grid[:, 0] * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
@@ -213,7 +228,7 @@ def sphere_crop(cloud, rng, budget):
     if n <= budget:
         return cloud
     center = coord[rng.integers(n)]
-    dist = np.square(coord - center).sum(1)
+    dist = sum(np.square(coord[:, j] - center[j]) for j in range(3))
     return take(cloud, np.sort(np.argpartition(dist, budget - 1)[:budget]))
 
 
