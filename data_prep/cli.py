@@ -28,6 +28,8 @@ def report(summaries, notes=()):
     for note in notes:
         print(f"note: {note}")
     for s in summaries:
+        for n in s.notes:
+            print(f"  repaired {n['scene']}: {n['note']}")
         print(s.line())
         for skip in s.skipped:
             print(f"  skipped {skip['scene']}: {skip['file']}: {skip['reason']}")

@@ -20,7 +20,7 @@ def mesh_vertex_normals(vertex, faces):
     return np.divide(acc, length, out=np.zeros_like(acc), where=length > 0).astype(np.float32)
 
 
-def pca_normals(coord, k=16, toward=None):
+def pca_normals(coord, k=16, toward=None, chunk=100_000):
     """Unit normals from the covariance of each point's k nearest neighbours (itself included).
 
     The normal is the eigenvector of the smallest eigenvalue. Its sign is ambiguous, so it is flipped
@@ -29,13 +29,16 @@ def pca_normals(coord, k=16, toward=None):
     """
     c = np.asarray(coord, np.float64)
     k = min(k, len(c))
-    _, nbr = cKDTree(c).query(c, k=k)
-    nbr = nbr.reshape(len(c), k)
-    local = c[nbr] - c[nbr].mean(axis=1, keepdims=True)
-    cov = np.einsum("nki,nkj->nij", local, local)
-    normal = np.linalg.eigh(cov)[1][:, :, 0]
+    tree = cKDTree(c)
     if toward is None:
         toward = (c.min(0) + c.max(0)) / 2
-    flip = np.einsum("ni,ni->n", normal, toward - c) < 0
-    normal[flip] *= -1
-    return normal.astype(np.float32)
+    out = np.empty_like(c)
+    for start in range(0, len(c), chunk):  # bounds memory at chunk * k * 3 doubles
+        part = c[start:start + chunk]
+        nbr = tree.query(part, k=k)[1].reshape(len(part), k)
+        local = c[nbr] - c[nbr].mean(axis=1, keepdims=True)
+        normal = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))[1][:, :, 0]
+        flip = np.einsum("ni,ni->n", normal, toward - part) < 0
+        normal[flip] *= -1
+        out[start:start + chunk] = normal
+    return out.astype(np.float32)

@@ -51,6 +51,7 @@ class Summary:
     num_shards: int = 0
     shards_reused: int = 0
     skipped: list = dataclasses.field(default_factory=list)  # [{"scene", "file", "reason"}]
+    notes: list = dataclasses.field(default_factory=list)  # [{"scene", "note"}]: repairs made
     seconds: float = 0.0
 
     @property
@@ -140,7 +141,7 @@ def _process_scene(task):
     record = schema.encode_scene({**vox, "dataset": dataset, "scene": scene_id,
                                   "grid_size": grid_size})
     return {"scene": scene_id, "record": record, "num_points": len(raw["coord"]),
-            "num_sites": len(vox["coord"])}
+            "num_sites": len(vox["coord"]), "notes": list(raw.get("notes", ()))}
 
 
 def _run(tasks, workers):
@@ -217,6 +218,7 @@ def _write_shard(split_dir, name, fingerprint, results):
         "scenes": [{k: r[k] for k in ("scene", "num_points", "num_sites")}
                    for r in results if "record" in r],
         "skipped": [r for r in results if "record" not in r],
+        "notes": [{"scene": r["scene"], "note": n} for r in results for n in r.get("notes", ())],
     }
     _write_json(os.path.join(split_dir, PROGRESS_DIR, name + ".json"), record)
     return record
@@ -237,8 +239,9 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
                 overwrite=False, progress=True):
     """Write `out_dir/<split>/shard-*.tfrecord` + `manifest.json` for `scene_ids`; return a Summary.
 
-    `load_fn(scene_id) -> raw dict` (see RAW_FIELDS; an optional "path" key names the source file in
-    error messages) must be picklable (a module-level function or functools.partial) when workers > 1.
+    `load_fn(scene_id) -> raw dict` (see RAW_FIELDS; optional keys: "path" names the source file in
+    error messages, "notes" lists repairs made to the input, kept in the manifest) must be picklable
+    (a module-level function or functools.partial) when workers > 1.
     `label_names` default to `labels.CLASS_NAMES[dataset]`; `manifest_extra` is merged into the manifest
     (e.g. {"synthetic": True}). Scenes whose load_fn raises SceneError, or that fail validation, are
     skipped and listed in the summary and the manifest; any other exception propagates.
@@ -295,6 +298,7 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
     for name, record in zip(names, records):
         scenes += [{**s, "shard": name} for s in record["scenes"]]
         summary.skipped += record["skipped"]
+        summary.notes += record["notes"]
         shards.append({"file": name, "sha256": record["sha256"], "bytes": record["bytes"],
                        "num_scenes": len(record["scenes"])})
     summary.num_written = len(scenes)
@@ -303,7 +307,7 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
     manifest = {**settings, "num_scenes": len(scenes),
                 "num_points": summary.num_points, "num_sites": summary.num_sites,
                 "scenes_per_shard": scenes_per_shard, "shards": shards, "scenes": scenes,
-                "skipped": summary.skipped, **(manifest_extra or {})}
+                "skipped": summary.skipped, "notes": summary.notes, **(manifest_extra or {})}
     _write_json(manifest_path, manifest)
     summary.seconds = time.time() - start
     return summary
