@@ -5,6 +5,7 @@ weights from a full CLIP checkpoint (openai/clip-vit-base-patch16) and ignores t
 `FlaxCLIPTextModel` would drop the projection. The random tower is a labelled test option only.
 """
 
+import json
 import logging
 import os
 
@@ -25,7 +26,8 @@ def encode_clip(texts, model_path=None, bpe_path=None, work_dir=None):
     from transformers import FlaxCLIPTextModelWithProjection
 
     model_path = model_path or DEFAULT_MODEL
-    model, params = sources.load_flax_model(FlaxCLIPTextModelWithProjection, model_path, "the CLIP text encoder")
+    model, params = sources.load_flax_model(FlaxCLIPTextModelWithProjection, model_path, "the CLIP text encoder",
+                                            read_config=text_config)
     tokenizer = _clip_tokenizer(model_path, bpe_path, work_dir)
     log.info("CLIP text encoder %s: %d texts", model_path, len(texts))
     return text_features(model, params, tokenizer, texts)
@@ -67,6 +69,24 @@ def random_params(shape_tree, seed):
             return np.zeros(leaf.shape, np.float32)
         return rng.normal(0.0, 0.02, leaf.shape).astype(np.float32)
     return unflatten_dict({k: draw(k, v) for k, v in sorted(flatten_dict(shape_tree).items())})
+
+
+def text_config(config_json):
+    """The text tower's config; from a full CLIP config, with the projection size of the full model.
+
+    A full CLIPConfig keeps `projection_dim` at the top level; its nested text_config carries its own
+    (default 512), which need not match the stored `text_projection`.
+    """
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    with open(config_json, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    if model_type != "clip":
+        return CLIPTextConfig.from_pretrained(config_json)
+    full = CLIPConfig.from_pretrained(config_json)
+    config = full.text_config
+    config.projection_dim = full.projection_dim
+    return config
 
 
 def text_features(model, params, tokenizer, texts):

@@ -50,8 +50,11 @@ def locate(model_path, filenames, what):
     return found
 
 
-def load_flax_model(cls, model_path, what, **model_kwargs):
-    """(model, params) of Flax class `cls` from `model_path`; every weight the model uses must be present."""
+def load_flax_model(cls, model_path, what, read_config=None, **model_kwargs):
+    """(model, params) of Flax class `cls` from `model_path`; every weight the model uses must be present.
+
+    `read_config(config_json_path)` builds the model config (default: `cls.config_class.from_pretrained`).
+    """
     from flax.traverse_util import flatten_dict, unflatten_dict
 
     found = locate(model_path, ("config.json",) + WEIGHT_FILES, what)
@@ -67,7 +70,7 @@ def load_flax_model(cls, model_path, what, **model_kwargs):
             + ("; found only pytorch_model.bin, which needs torch: convert it to model.safetensors"
                if torch_only else "")
         )
-    config = cls.config_class.from_pretrained(found["config.json"])
+    config = (read_config or cls.config_class.from_pretrained)(found["config.json"])
     model = cls(config, _do_init=False, **model_kwargs)
     state = _read_weights(cls, model, weights)
     shapes = flatten_dict(model.params_shape_tree)
