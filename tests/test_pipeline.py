@@ -152,6 +152,12 @@ def test_config_errors_name_the_field(splits):
     wrong.train_dirs = {**dict(splits), labels.SCANNET: splits[labels.S3DIS]}
     with pytest.raises(ValueError, match="manifest says dataset 'S3DIS'"):
         pipeline.train_dataset(wrong)
+    with pytest.raises(ValueError, match="config.data.crop_sample_rate: unknown dataset 'KITTI'"):
+        pipeline.train_dataset(_config(splits, crop_sample_rate={"KITTI": 0.5}))
+    single = _config(splits, datasets=(labels.SCANNET,), ratios=(1,))  # other crop entries unused
+    assert next(pipeline.train_dataset(single))["condition"].tolist() == [0, 0]
+    with pytest.raises(ValueError, match="config.data.datasets: 'S3DIS' is not among"):
+        next(pipeline.eval_dataset(splits[labels.S3DIS], labels.S3DIS, single))
 
 
 def test_reference_ratio_schedule_exact():
@@ -224,13 +230,13 @@ def test_train_batches_static_shapes_and_padding(splits):
 
 def test_determinism_and_resume(splits):
     cfg = _config(splits)
-    first = _take(pipeline.train_dataset(cfg), 6)
-    second = _take(pipeline.train_dataset(cfg), 6)
-    resumed = _take(pipeline.train_dataset(cfg, start_step=4), 2)
+    first = _take(pipeline.train_dataset(cfg), 9)
+    second = _take(pipeline.train_dataset(cfg), 9)
+    resumed = _take(pipeline.train_dataset(cfg, start_step=6), 3)  # across the epoch end (7 steps)
     for a, b in zip(first, second):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
-    for a, b in zip(first[4:], resumed):
+    for a, b in zip(first[6:], resumed):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     cfg.seed = 1

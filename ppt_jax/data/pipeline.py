@@ -102,10 +102,10 @@ def check_config(cfg, train=True):
     for name in names:
         if name not in labels.CLASS_NAMES:
             _fail("datasets", f"unknown dataset {name!r}; known: {labels.DATASETS}")
-    for field in ("crop_point_max", "crop_sample_rate"):
+    for field in ("crop_point_max", "crop_sample_rate"):  # entries of unused datasets are allowed
         for name in dict(cfg[field]):
-            if name not in names:
-                _fail(field, f"{name!r} is not in config.data.datasets {names}")
+            if name not in labels.CLASS_NAMES:
+                _fail(field, f"unknown dataset {name!r}; known: {labels.DATASETS}")
     both = set(dict(cfg.crop_point_max)) & set(dict(cfg.crop_sample_rate))
     if both:
         _fail("crop_sample_rate", f"{sorted(both)} also have crop_point_max: give one of the two")
@@ -132,6 +132,12 @@ def check_config(cfg, train=True):
     for name in names:
         if not cfg.train_dirs.get(name):
             _fail("train_dirs", f"no shard directory for {name!r}")
+
+
+def _condition(cfg, name):
+    if name not in tuple(cfg.datasets):
+        _fail("datasets", f"{name!r} is not among {tuple(cfg.datasets)}: it has no condition index")
+    return tuple(cfg.datasets).index(name)
 
 
 def _open_index(split_dir, name):
@@ -296,7 +302,8 @@ def train_dataset(cfg, process_index=0, process_count=1, start_step=0):
 
 
 def steps_per_epoch(cfg, process_count=1):
-    """Steps in one epoch (one pass of the first dataset), as in the reference's loader length."""
+    """Steps in one epoch (one pass of the first dataset), as in the reference's loader length
+    (per-sample mode: samples per epoch // batch_size, batches may straddle epochs)."""
     return _TrainRows(cfg, 0, process_count).schedule.epoch_length // (
         cfg.batch_size if cfg.mixing == "per_sample" else 1)
 
@@ -360,8 +367,8 @@ def eval_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1)
     inverse -1), so multi-host evaluation stays in lockstep.
     """
     check_config(cfg, train=False)
-    index = _open_index(split_dir, dataset_name)
-    rows = _EvalRows(cfg, index, tuple(cfg.datasets).index(dataset_name))
+    rows = _EvalRows(cfg, _open_index(split_dir, dataset_name), _condition(cfg, dataset_name))
+    index = rows.index
     n, m = cfg.eval_num_sites, cfg.eval_num_points
     shapes = ((n, 3), (n,), (n, 6), (n,), (), (m,), (m,))
     dtypes = (tf.int32, tf.bool, tf.float32, tf.int32, tf.int32, tf.int32, tf.int32)
@@ -420,8 +427,8 @@ def fragment_dataset(split_dir, dataset_name, cfg, process_index=0, process_coun
     (hence every original point) is in at least one fragment of every view.
     """
     check_config(cfg, train=False)
+    condition = _condition(cfg, dataset_name)
     index = _open_index(split_dir, dataset_name)
-    condition = tuple(cfg.datasets).index(dataset_name)
     for position in range(process_index, len(index), process_count):
         scene = index.read(position)
         where = f"{split_dir} scene #{position}"
