@@ -151,6 +151,7 @@ class Support:
     z: float
     clearance: float    # free height above it
     owner: int
+    taken: list = dataclasses.field(default_factory=list)  # (x0, y0, x1, y1) already occupied
 
 
 _FACES = ("+x", "-x", "+y", "-y", "+z", "-z")
@@ -222,9 +223,11 @@ def _sofa(b, w, d, h, rng):
 
 def _bed(b, w, d, h, rng):
     base, mattress = 0.3, 0.22
-    b.box((0, 0, base / 2), (w, d, base), omit=("-z",), solid=True)
-    b.box((0, 0, base + mattress / 2), (w - 0.04, d - 0.04, mattress), omit=("-z",), solid=True)
-    b.box((0, -d / 2 - 0.04, h / 2), (w + 0.06, 0.06, h), omit=("-y",), solid=True)
+    board = 0.06  # the headboard stands against the wall, the frame in front of it
+    b.box((0, board / 2, base / 2), (w, d - board, base), omit=("-z",), solid=True)
+    b.box((0, board / 2, base + mattress / 2), (w - 0.04, d - board - 0.04, mattress), omit=("-z",),
+          solid=True)
+    b.box((0, -d / 2 + board / 2, h / 2), (w, board, h), omit=("-y", "-z"), solid=True)
     b.support((0, -d / 2 + 0.4), w - 0.1, 0.6, base + mattress, clearance=0.4)
 
 
@@ -302,32 +305,32 @@ def _monitor(b, w, d, h, rng):
     b.box((0, 0, 0.14 + (h - 0.14) / 2), (w, 0.04, h - 0.14))
 
 
-# kind -> (builder, placement, size sampler (w, d, h) ranges)
+# kind -> (builder or None for flat hung things, (w, d, h) size ranges in metres)
 _KIND_SPECS = {
-    "cabinet": (_box_furniture, "wall", ((0.5, 1.2), (0.4, 0.6), (0.7, 2.0))),
-    "dresser": (_box_furniture, "wall", ((0.8, 1.6), (0.45, 0.55), (0.8, 1.2))),
-    "nightstand": (_box_furniture, "wall", ((0.4, 0.55), (0.35, 0.45), (0.45, 0.6))),
-    "counter": (_box_furniture, "wall", ((1.2, 2.8), (0.58, 0.65), (0.86, 0.92))),
-    "refrigerator": (_box_furniture, "wall", ((0.6, 0.9), (0.6, 0.7), (1.7, 1.95))),
-    "radiator": (_box_furniture, "wall", ((0.6, 1.4), (0.08, 0.12), (0.45, 0.6))),
-    "bed": (_bed, "wall", ((1.0, 1.9), (1.9, 2.1), (0.8, 1.1))),
-    "sofa": (_sofa, "wall", ((1.5, 2.4), (0.8, 0.95), (0.75, 0.9))),
-    "desk": (_desk, "wall", ((1.1, 1.6), (0.6, 0.8), (0.72, 0.76))),
-    "bookshelf": (_bookshelf, "wall", ((0.7, 1.1), (0.28, 0.4), (1.6, 2.2))),
-    "toilet": (_toilet, "wall", ((0.4, 0.48), (0.65, 0.72), (0.8, 0.8))),
-    "bathtub": (_bathtub, "wall", ((1.4, 1.7), (0.7, 0.8), (0.5, 0.6))),
-    "table": (_table, "free", ((0.8, 1.8), (0.7, 1.0), (0.72, 0.76))),
-    "garbagebin": (_garbagebin, "free", ((0.25, 0.4), (0.25, 0.4), (0.3, 0.65))),
-    "lamp": (_lamp, "free", ((0.3, 0.45), (0.3, 0.45), (1.3, 1.7))),
-    "chair": (_chair, "free", ((0.42, 0.52), (0.42, 0.52), (0.8, 1.0))),
-    "prop": (_prop, "free", ((0.15, 0.5), (0.15, 0.5), (0.1, 0.6))),
-    "sink": (_sink, "wall", ((0.45, 0.6), (0.38, 0.48), (0.85, 0.88))),
-    "picture": (None, "hung", ((0.3, 1.0), (0.02, 0.03), (0.3, 0.8))),
-    "board": (None, "hung", ((1.2, 3.0), (0.02, 0.03), (0.9, 1.2))),
-    "mirror": (None, "hung", ((0.4, 1.0), (0.01, 0.02), (0.6, 1.1))),
-    "television": (None, "hung", ((0.8, 1.4), (0.05, 0.08), (0.5, 0.8))),
-    "monitor": (_monitor, "on", ((0.45, 0.6), (0.2, 0.2), (0.35, 0.45))),
-    "pillow": (_pillow, "on", ((0.45, 0.7), (0.3, 0.45), (0.1, 0.18))),
+    "cabinet": (_box_furniture, ((0.5, 1.2), (0.4, 0.6), (0.7, 2.0))),
+    "dresser": (_box_furniture, ((0.8, 1.6), (0.45, 0.55), (0.8, 1.2))),
+    "nightstand": (_box_furniture, ((0.4, 0.55), (0.35, 0.45), (0.45, 0.6))),
+    "counter": (_box_furniture, ((1.2, 2.8), (0.58, 0.65), (0.86, 0.92))),
+    "refrigerator": (_box_furniture, ((0.6, 0.9), (0.6, 0.7), (1.7, 1.95))),
+    "radiator": (_box_furniture, ((0.6, 1.4), (0.08, 0.12), (0.45, 0.6))),
+    "bed": (_bed, ((1.0, 1.9), (1.9, 2.1), (0.8, 1.1))),
+    "sofa": (_sofa, ((1.5, 2.4), (0.8, 0.95), (0.75, 0.9))),
+    "desk": (_desk, ((1.1, 1.6), (0.6, 0.8), (0.72, 0.76))),
+    "bookshelf": (_bookshelf, ((0.7, 1.1), (0.28, 0.4), (1.6, 2.2))),
+    "toilet": (_toilet, ((0.4, 0.48), (0.65, 0.72), (0.8, 0.8))),
+    "bathtub": (_bathtub, ((1.4, 1.7), (0.7, 0.8), (0.5, 0.6))),
+    "table": (_table, ((0.8, 1.8), (0.7, 1.0), (0.72, 0.76))),
+    "garbagebin": (_garbagebin, ((0.25, 0.4), (0.25, 0.4), (0.3, 0.65))),
+    "lamp": (_lamp, ((0.3, 0.45), (0.3, 0.45), (1.3, 1.7))),
+    "chair": (_chair, ((0.42, 0.52), (0.42, 0.52), (0.8, 1.0))),
+    "prop": (_prop, ((0.15, 0.5), (0.15, 0.5), (0.1, 0.6))),
+    "sink": (_sink, ((0.45, 0.6), (0.38, 0.48), (0.85, 0.88))),
+    "picture": (None, ((0.3, 1.0), (0.02, 0.03), (0.3, 0.8))),
+    "board": (None, ((1.2, 3.0), (0.02, 0.03), (0.9, 1.2))),
+    "mirror": (None, ((0.4, 1.0), (0.01, 0.02), (0.6, 1.1))),
+    "television": (None, ((0.8, 1.4), (0.05, 0.08), (0.5, 0.8))),
+    "monitor": (_monitor, ((0.45, 0.6), (0.2, 0.2), (0.35, 0.45))),
+    "pillow": (_pillow, ((0.45, 0.7), (0.3, 0.45), (0.1, 0.18))),
 }
 _ON = {"pillow": ("bed", "sofa"), "monitor": ("desk", "table"), "lamp": ("nightstand", "desk"),
        "prop": ("table", "desk", "counter", "cabinet", "dresser", "bookshelf", "nightstand"),
@@ -380,7 +383,7 @@ class _Layout:
         return owner
 
     def sample_size(self, kind):
-        return tuple(self.rng.uniform(lo, hi) for lo, hi in _KIND_SPECS[kind][2])
+        return tuple(self.rng.uniform(lo, hi) for lo, hi in _KIND_SPECS[kind][1])
 
     # -- placements -----------------------------------------------------------------------------
     def place_opening(self, kind):
@@ -466,25 +469,35 @@ class _Layout:
             if self.floor_free(box):
                 owner = self.build(kind, cand, (w, d, h))
                 self.footprints.append((*box, owner))
-                return owner
+                return owner, cand
         return None
 
     def place_on(self, kind, hosts):
+        """Put a small thing on a free spot of a support surface of one of the `hosts` kinds."""
         w, d, h = self.sample_size(kind)
-        if kind == "lamp":
+        if kind == "lamp":    # a table lamp
             w, d, h = w * 0.8, d * 0.8, h * 0.35
+        if kind == "sink":    # a basin on the counter top
+            h = 0.16
         options = [s for s in self.supports if self.room.kinds[s.owner] in hosts and s.clearance > h
                    and s.width > w and s.depth > d]
         if not options:
             return None
         sup = options[int(self.rng.integers(len(options)))]
-        x = sup.centre[0] + self.rng.uniform(-(sup.width - w) / 2, (sup.width - w) / 2)
-        y = sup.centre[1] + self.rng.uniform(-(sup.depth - d) / 2, (sup.depth - d) / 2)
-        base = sup.pose.apply((x, y, sup.z))
-        pose = Pose(base[0], base[1], sup.pose.yaw + (self.rng.normal(0, 0.3) if kind == "prop" else 0.0))
+        for _ in range(10):
+            x = sup.centre[0] + self.rng.uniform(-(sup.width - w) / 2, (sup.width - w) / 2)
+            y = sup.centre[1] + self.rng.uniform(-(sup.depth - d) / 2, (sup.depth - d) / 2)
+            rect = (x - w / 2, y - d / 2, x + w / 2, y + d / 2)
+            if all(rect[2] <= t[0] or rect[0] >= t[2] or rect[3] <= t[1] or rect[1] >= t[3]
+                   for t in sup.taken):
+                break
+        else:
+            return None
+        sup.taken.append(rect)
+        base = sup.pose.apply((x, y, 0.0))
+        pose = Pose(base[0], base[1], sup.pose.yaw + (self.rng.normal(0, 0.2) if kind == "prop" else 0.0))
         owner = self.room.new_object(kind, self.rng)
-        lifted = _Lifted(self, owner, pose, sup.z)
-        _KIND_SPECS.get(kind, (_prop,))[0](lifted, w, d, h, self.rng)
+        _KIND_SPECS[kind][0](_Lifted(self, owner, pose, sup.z), w, d, h, self.rng)
         return owner
 
     def place_chairs_at(self, host_pose, host_w, host_d, count, facing_only=False):
@@ -596,7 +609,8 @@ def _curtains(layout, count):
         panel = rng.uniform(0.3, 0.6) * (s1 - s0) + 0.2
         for start in (s0 - 0.15, s1 + 0.15 - panel):
             origin = (*(a + along * start + normal * 0.1), 0.08)
-            room.prims.quad(origin, (*(along * panel), 0), (0, 0, top - 0.08), room.new_object("curtain", rng),
+            owner = room.new_object("curtain", rng)
+            room.prims.quad(origin, (*(along * panel), 0), (0, 0, top - 0.08), owner,
                             ripple=(rng.uniform(0.02, 0.05), rng.uniform(0.12, 0.25)))
 
 
@@ -604,8 +618,10 @@ def _shower_curtain(layout, tub):
     owner, pose, (w, d, h) = tub
     origin = pose.apply((w / 2, d / 2 - 0.03, h + 0.05))
     u = geo.yaw_matrix(pose.yaw) @ np.array([-w, 0.0, 0.0])
-    layout.room.prims.quad(origin, u, (0, 0, 2.0 - h - 0.05), layout.room.new_object("shower_curtain", layout.rng),
-                           ripple=(layout.rng.uniform(0.02, 0.04), layout.rng.uniform(0.1, 0.2)))
+    rng = layout.rng
+    owner = layout.room.new_object("shower_curtain", rng)
+    layout.room.prims.quad(origin, u, (0, 0, 2.0 - h - 0.05), owner,
+                           ripple=(rng.uniform(0.02, 0.04), rng.uniform(0.1, 0.2)))
 
 
 def make_room(rng, room_type, height, beams=0, columns=0):
@@ -639,10 +655,9 @@ def make_room(rng, room_type, height, beams=0, columns=0):
             size = (rng.uniform(2.4, 4.0), rng.uniform(1.1, 1.5), size[2])
         elif room_type in ("living", "lounge") and rng.random() < 0.6:
             size = (size[0], size[1], rng.uniform(0.38, 0.5))  # a coffee table
-        owner = layout.place_free("table", size)
-        if owner is not None and size[2] > 0.6 and chairs:
-            pose = layout.supports[-1].pose
-            chairs -= layout.place_chairs_at(pose, size[0], size[1], chairs)
+        table = layout.place_free("table", size)
+        if table is not None and size[2] > 0.6 and chairs:
+            chairs -= layout.place_chairs_at(table[1], size[0], size[1], chairs)
     for _, pose, (w, d, _) in placed.get("desk", []):
         if rng.random() < 0.85:
             layout.place_chairs_at(pose, w, d, 1, facing_only=True)
