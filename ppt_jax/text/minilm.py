@@ -54,9 +54,9 @@ def encode_minilm(texts, model_path=None, bpe_path=None, work_dir=None):
         raise ValueError("bpe_path applies to the clip encoder only, not to minilm")
     model_path = model_path or default_model_dir()
     what = f"the sentence encoder {model_path}"
-    config_file = sources.locate(model_path, ("config.json",), what)["config.json"]
+    config_file = sources.locate(model_path, "config.json", what)
     if config_file is None:
-        raise sources.EncoderUnavailable(f"cannot load {what}: no config.json in {model_path}")
+        raise sources.EncoderUnavailable(sources.missing_files_message(model_path, what))
     config = AutoConfig.from_pretrained(config_file)
     if type(config) not in FLAX_MODEL_MAPPING:
         raise sources.EncoderUnavailable(f"{what}: model type {config.model_type!r} has no Flax implementation")

@@ -28,26 +28,22 @@ def is_local(model_path):
     return os.path.isdir(os.path.expanduser(model_path))
 
 
-def locate(model_path, filenames, what):
-    """{filename: local path or None} for a directory or a hub id; errors say where was looked."""
+def locate(model_path, filename, what):
+    """Local path of `filename` in a directory or hub repository, or None if it has none."""
     if is_local(model_path):
-        model_dir = os.path.expanduser(model_path)
-        return {n: (os.path.join(model_dir, n) if os.path.isfile(os.path.join(model_dir, n)) else None)
-                for n in filenames}
+        path = os.path.join(os.path.expanduser(model_path), filename)
+        return path if os.path.isfile(path) else None
     if os.path.isabs(model_path) or model_path.startswith((".", "~")) or model_path.count("/") > 1:
         raise EncoderUnavailable(f"cannot load {what}: model directory {model_path} does not exist")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    found = {}
-    for name in filenames:
-        try:
-            found[name] = hf_hub_download(model_path, name, local_files_only=offline())
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            found[name] = None
-        except OSError as e:  # repository missing, network failure, ...
-            raise EncoderUnavailable(_hub_message(model_path, what, filenames, str(e))) from e
-    return found
+    try:
+        return hf_hub_download(model_path, filename, local_files_only=offline())
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
+    except OSError as e:  # repository missing, network failure, ...
+        raise EncoderUnavailable(_hub_message(model_path, what, (filename,), str(e))) from e
 
 
 def load_flax_model(cls, model_path, what, read_config=None, **model_kwargs):
@@ -57,20 +53,11 @@ def load_flax_model(cls, model_path, what, read_config=None, **model_kwargs):
     """
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    found = locate(model_path, ("config.json",) + WEIGHT_FILES, what)
-    weights = next((found[n] for n in WEIGHT_FILES if found[n]), None)
-    if found["config.json"] is None or weights is None:
-        if not is_local(model_path):
-            raise EncoderUnavailable(_hub_message(model_path, what, ("config.json",) + WEIGHT_FILES, "not found"))
-        model_dir = os.path.expanduser(model_path)
-        torch_only = os.path.isfile(os.path.join(model_dir, "pytorch_model.bin"))
-        raise EncoderUnavailable(
-            f"cannot load {what} from directory {model_dir}: looked for {os.path.join(model_dir, 'config.json')} "
-            f"and one of {', '.join(os.path.join(model_dir, n) for n in WEIGHT_FILES)}"
-            + ("; found only pytorch_model.bin, which needs torch: convert it to model.safetensors"
-               if torch_only else "")
-        )
-    config = (read_config or cls.config_class.from_pretrained)(found["config.json"])
+    config_json = locate(model_path, "config.json", what)
+    weights = next(filter(None, (locate(model_path, n, what) for n in WEIGHT_FILES)), None)  # first found only
+    if config_json is None or weights is None:
+        raise EncoderUnavailable(missing_files_message(model_path, what))
+    config = (read_config or cls.config_class.from_pretrained)(config_json)
     model = cls(config, _do_init=False, **model_kwargs)
     state = _read_weights(cls, model, weights)
     shapes = flatten_dict(model.params_shape_tree)
@@ -80,8 +67,20 @@ def load_flax_model(cls, model_path, what, read_config=None, **model_kwargs):
         raise EncoderUnavailable(f"{what}: {weights} lacks weights the model needs (they would be random): {missing}")
     wrong = [f"{'/'.join(k)} {flat[k].shape} != {v.shape}" for k, v in shapes.items() if flat[k].shape != v.shape]
     if wrong:
-        raise EncoderUnavailable(f"{what}: {weights} has weights of the wrong shape for {found['config.json']}: {wrong}")
+        raise EncoderUnavailable(f"{what}: {weights} has weights of the wrong shape for {config_json}: {wrong}")
     return model, unflatten_dict({k: flat[k] for k in shapes})
+
+
+def missing_files_message(model_path, what):
+    """What was looked for, for a model directory or hub id lacking its config or weights."""
+    if not is_local(model_path):
+        return _hub_message(model_path, what, ("config.json",) + WEIGHT_FILES, "not found")
+    model_dir = os.path.expanduser(model_path)
+    torch_only = os.path.isfile(os.path.join(model_dir, "pytorch_model.bin"))
+    return (f"cannot load {what} from directory {model_dir}: looked for {os.path.join(model_dir, 'config.json')} "
+            f"and one of {', '.join(os.path.join(model_dir, n) for n in WEIGHT_FILES)}"
+            + ("; found only pytorch_model.bin, which needs torch: convert it to model.safetensors"
+               if torch_only else ""))
 
 
 def _read_weights(cls, model, path):
