@@ -140,6 +140,19 @@ def test_records_report_bad_shards(tmp_path):
         records.SceneIndex(str(tmp_path))
 
 
+def test_bad_scenes_are_reported(tmp_path):
+    cfg = pipeline.default_config()
+    cfg.eval_num_sites, cfg.eval_num_points = 4096, 16384
+    for field, value, match in [("segment", 13, r"labels in \[-?\d+, 13\] outside \[-1, 13\)"),
+                                ("coord", np.nan, "non-finite coordinates")]:
+        split_dir, scenes = write_split(str(tmp_path / field), labels.S3DIS, 1, full_res=True)
+        scenes[0][field][5] = value
+        with tf.io.TFRecordWriter(os.path.join(split_dir, "shard-00000-of-00001.tfrecord")) as w:
+            w.write(schema.encode_scene(scenes[0]))
+        with pytest.raises(tf.errors.OpError, match="S3DIS_000.*" + match):
+            next(pipeline.eval_dataset(split_dir, labels.S3DIS, cfg))
+
+
 def test_config_errors_name_the_field(splits):
     for field, value, match in [("ratios", (1, 2), "config.data.ratios"),
                                 ("mixing", "random", "config.data.mixing"),

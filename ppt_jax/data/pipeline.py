@@ -149,9 +149,17 @@ def _open_index(split_dir, name):
 
 
 def _cloud(scene, where):
-    """Shard scene -> float cloud for the transforms (`site` = row in the shard)."""
+    """Shard scene -> float cloud for the transforms (`site` = row in the shard), after checks that
+    would otherwise surface as NaN losses or out-of-range gathers far from their cause."""
+    where = f"{where} ({scene['scene']!r})"
     if len(scene["coord"]) == 0:
-        raise ValueError(f"{where}: scene {scene['scene']!r} has no sites")
+        raise ValueError(f"{where}: scene has no sites")
+    if not np.isfinite(scene["coord"]).all():
+        raise ValueError(f"{where}: non-finite coordinates")
+    segment, num_classes = scene["segment"], labels.num_classes(scene["dataset"])
+    if segment.min() < -1 or segment.max() >= num_classes:
+        raise ValueError(f"{where}: labels in [{segment.min()}, {segment.max()}] outside "
+                         f"[-1, {num_classes}) of {scene['dataset']}")
     return {"coord": scene["coord"].astype(np.float32), "color": scene["color"].astype(np.float32),
             "normal": scene["normal"].astype(np.float32), "segment": scene["segment"],
             "site": np.arange(len(scene["coord"]), dtype=np.int32)}
