@@ -119,3 +119,29 @@ def test_zero_embedding_is_rejected(monkeypatch, tmp_path):
     monkeypatch.setitem(table.ENCODERS, "minilm", zero)
     with pytest.raises(ValueError, match="'minilm' returned a non-finite, zero"):
         text.class_embeddings("minilm", NAMES, cache_dir=str(tmp_path))
+
+
+def test_cli_writes_the_union_table_and_summarises_it(spy, tmp_path, capsys):
+    from ppt_jax import labels
+    from ppt_jax.text import __main__ as cli
+
+    cli.main(["--encoder", "minilm", "--out", str(tmp_path), "--template", "a [x]"])
+    out = capsys.readouterr().out
+    spec = table.table_spec("minilm", labels.UNION_NAMES, "a [x]", None)
+    npy = cache.paths(str(tmp_path), spec)[0]
+    assert f"table (36, 8) float32 -> {npy}" in out and os.path.isfile(npy)
+    assert spy.calls == [[f"a {n}" for n in labels.UNION_NAMES]]
+    emb = np.load(npy).astype(np.float64)
+    cos = emb @ emb.T
+    np.fill_diagonal(cos, -np.inf)
+    i = labels.UNION_NAMES.index("sofa")
+    assert f"{'sofa':>16s} -> {labels.UNION_NAMES[int(cos[i].argmax())]:<16s}" in out
+    assert "cos(bookshelf,bookcase)" in out and "cos(sofa,chair)" in out
+
+
+def test_cli_rejects_an_unknown_encoder(capsys):
+    from ppt_jax.text import __main__ as cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--encoder", "word2vec", "--out", "x"])
+    assert "invalid choice: 'word2vec'" in capsys.readouterr().err
