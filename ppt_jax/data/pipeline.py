@@ -394,43 +394,50 @@ def tta_views(cloud):
         yield {**view, "coord": view["coord"] * np.float32(scale)}
 
 
-def _batch_rows(rows, batch_size, num_sites, condition):
-    """Fragment clouds -> list of (B, N) batches; the last one filled with empty rows."""
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        out = {"grid_coord": np.zeros((batch_size, num_sites, 3), np.int32),
-               "mask": np.zeros((batch_size, num_sites), bool),
-               "feat": np.zeros((batch_size, num_sites, 6), np.float32),
-               "segment": np.full((batch_size, num_sites), -1, np.int32),
-               "condition": np.full(batch_size, condition, np.int32),
-               "index": np.full((batch_size, num_sites), -1, np.int32)}
-        for r, cloud in enumerate(chunk):
-            out["grid_coord"][r], out["mask"][r], out["feat"][r], out["segment"][r] = pad_row(
-                cloud, num_sites)
-            out["index"][r, :len(cloud["site"])] = cloud["site"]
-        batches.append(out)
-    return batches
+def _empty_batch(batch_size, num_sites, condition):
+    return {"grid_coord": np.zeros((batch_size, num_sites, 3), np.int32),
+            "mask": np.zeros((batch_size, num_sites), bool),
+            "feat": np.zeros((batch_size, num_sites, 6), np.float32),
+            "segment": np.full((batch_size, num_sites), -1, np.int32),
+            "condition": np.full(batch_size, condition, np.int32),
+            "index": np.full((batch_size, num_sites), -1, np.int32)}
 
 
-def scene_fragments(scene, cfg, condition, where="scene"):
-    """One scene's 13 views x GridSample test fragments as (B, N) batches (see `fragment_dataset`)."""
+def _fragment_rows(scene, cfg, where):
+    """The scene's fragment clouds, view by view (`site` = each point's stored site)."""
     cloud = augment.center_shift(_cloud(scene, where), apply_z=True)
-    rows = []
     for view in tta_views(cloud):
         for fragment, _ in augment.grid_sample_test(view, cfg.grid_size):
             if len(fragment["coord"]) > cfg.eval_num_sites:
                 raise ValueError(f"{where}: fragment of {len(fragment['coord'])} sites > "
                                  f"config.data.eval_num_sites = {cfg.eval_num_sites}; raise it")
-            rows.append(augment.center_shift(fragment, apply_z=False))
-    return _batch_rows(rows, cfg.test_batch_size, cfg.eval_num_sites, condition)
+            yield augment.center_shift(fragment, apply_z=False)
+
+
+def scene_fragments(scene, cfg, condition, where="scene"):
+    """One scene's 13 views x GridSample test fragments as (B, N) batches, built lazily (a scene has
+    up to ~100 fragments); the last batch is filled with empty rows (mask False, index -1)."""
+    size, num_sites = cfg.test_batch_size, cfg.eval_num_sites
+    batch, r = None, 0
+    for cloud in _fragment_rows(scene, cfg, where):
+        if r == 0:
+            batch = _empty_batch(size, num_sites, condition)
+        batch["grid_coord"][r], batch["mask"][r], batch["feat"][r], batch["segment"][r] = pad_row(
+            cloud, num_sites)
+        batch["index"][r, :len(cloud["site"])] = cloud["site"]
+        r = (r + 1) % size
+        if r == 0:
+            yield batch
+    if r:
+        yield batch
 
 
 def fragment_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1):
     """Per scene of this host: {"scene", "num_sites", "inverse", "origin_segment", "batches"}.
 
-    `batches` hold (B, N) rows with design.md §1 keys plus `index` (B, N): the stored site of each row
-    site (-1 at padding). Voting: add each row's softmax into `votes[index]` (num_sites, K) over all
+    `batches` is an iterator of (B, N) rows with design.md §1 keys plus `index` (B, N): the stored site
+    of each row site (-1 at padding). Hosts may get different scene counts (scenes are dealt
+    round-robin). Voting: add each row's softmax into `votes[index]` (num_sites, K) over all
     batches, then the full-resolution prediction is `argmax(votes, -1)[inverse]`. Every stored site
     (hence every original point) is in at least one fragment of every view.
     """
