@@ -99,6 +99,14 @@ def test_checkpoint_without_projection_is_refused(tmp_path):
         text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=str(tmp_path))
 
 
+def test_availability_check_loads_nothing(tiny_clip, tmp_path):
+    text.check_available("clip", tiny_clip[0])
+    text.check_available("random_clip")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(text.EncoderUnavailable, match=r"looked for .*config\.json and one of .*flax_model\.msgpack"):
+        text.check_available("clip", str(tmp_path))
+
+
 def test_missing_weights_name_the_paths(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -72,3 +72,7 @@ def test_reloaded_without_importing_any_model(emb, workdir):
     np.save(os.path.join(workdir, "expected.npy"), emb)
     env = dict(os.environ, PYTHONPATH=REPO)
     subprocess.run([sys.executable, "-c", code, os.path.join(workdir, "expected.npy")], check=True, env=env)
+
+
+def test_packaged_weights_are_reported_available():
+    text.check_available("minilm")

@@ -6,7 +6,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ppt_jax.text import cache, clip, minilm
+from ppt_jax.text import cache, clip, minilm, sources
 
 Encoder = namedtuple("Encoder", "encode default_model label")
 
@@ -39,6 +39,22 @@ def class_embeddings(encoder, names, template="[x]", *, cache_dir, model_path=No
     meta_path = cache.save(cache_dir, spec, table, extra)
     log.info("%s: built %s table %s, cached at %s", label, encoder, table.shape, meta_path)
     return table
+
+
+def check_available(encoder, model_path=None):
+    """Raise `EncoderUnavailable` (naming what was looked for) unless `encoder`'s config and weights exist.
+
+    Loads no model: lets a config choose its default encoder (e.g. clip when its weights are present).
+    """
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown text encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+    if encoder == "random_clip":
+        return
+    model_path = model_path or (clip.DEFAULT_MODEL if encoder == "clip" else minilm.default_model_dir())
+    what = ENCODERS[encoder].label
+    if sources.locate(model_path, "config.json", what) is None or not any(
+            sources.locate(model_path, n, what) for n in sources.WEIGHT_FILES):
+        raise sources.EncoderUnavailable(sources.missing_files_message(model_path, what))
 
 
 def table_spec(encoder, names, template, model_path):
