@@ -21,11 +21,13 @@ NAMES = ("chair", "table", "wall", "cat")
 MERGES = [("c", "h"), ("a", "i"), ("ch", "ai"), ("t", "a"), ("b", "l"), ("bl", "e</w>"), ("w", "a"), ("l", "l</w>")]
 
 
-def tiny_clip_config(vocab):
+def tiny_clip_config(vocab, legacy_ids=False):
+    """`legacy_ids`: the special-token ids of openai/clip-vit-base-patch16's config (eos_token_id 2 makes
+    the model pool at the largest token id, which is CLIP's EOT)."""
     from transformers import CLIPConfig
 
-    ids = dict(bos_token_id=vocab[bpe.BOS_TOKEN], eos_token_id=vocab[bpe.EOS_TOKEN],
-               pad_token_id=vocab[bpe.EOS_TOKEN])
+    ids = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1) if legacy_ids else dict(
+        bos_token_id=vocab[bpe.BOS_TOKEN], eos_token_id=vocab[bpe.EOS_TOKEN], pad_token_id=vocab[bpe.EOS_TOKEN])
     return CLIPConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, **ids),
@@ -35,11 +37,11 @@ def tiny_clip_config(vocab):
     )
 
 
-def save_full_clip(model_dir, merges, with_tokenizer):
+def save_full_clip(model_dir, merges, with_tokenizer, legacy_ids=False):
     """A random full FlaxCLIPModel (as openai/clip-vit-base-patch16 is stored); returns (model, params)."""
     from transformers import FlaxCLIPModel
 
-    model = FlaxCLIPModel(tiny_clip_config(bpe.bpe_vocab(merges)), _do_init=False)
+    model = FlaxCLIPModel(tiny_clip_config(bpe.bpe_vocab(merges), legacy_ids), _do_init=False)
     params = random_params(model.params_shape_tree, seed=3)
     params["logit_scale"] = np.asarray(np.log(100.0), np.float32)
     model.save_pretrained(model_dir, params=params)
@@ -80,7 +82,7 @@ def test_text_features_of_a_full_clip_checkpoint(tiny_clip, tmp_path):
 def test_weights_without_tokenizer_files_use_the_bpe_file(tmp_path):
     merges = bpe.read_clip_merges(BPE_GZ)
     model_dir = str(tmp_path / "clip_no_tokenizer")
-    model, params = save_full_clip(model_dir, merges, with_tokenizer=False)
+    model, params = save_full_clip(model_dir, merges, with_tokenizer=False, legacy_ids=True)
     with pytest.raises(text.EncoderUnavailable, match=r"no CLIP tokenizer: looked for .*tokenizer\.json.*bpe_path"):
         text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=model_dir)
     emb = text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=model_dir, bpe_path=BPE_GZ)
@@ -105,6 +107,17 @@ def test_availability_check_loads_nothing(tiny_clip, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(text.EncoderUnavailable, match=r"looked for .*config\.json and one of .*flax_model\.msgpack"):
         text.check_available("clip", str(tmp_path))
+
+
+def test_config_pooling_at_a_non_eot_token_is_refused(tmp_path):
+    from transformers import CLIPConfig
+
+    save_full_clip(str(tmp_path), MERGES, with_tokenizer=True)
+    config = CLIPConfig.from_pretrained(str(tmp_path))
+    config.text_config.eos_token_id = bpe.bpe_vocab(MERGES)[bpe.BOS_TOKEN]
+    config.save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="eos_token_id=.* does not match the tokenizer's EOT id"):
+        text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=str(tmp_path))
 
 
 def test_missing_weights_name_the_paths(tmp_path):
