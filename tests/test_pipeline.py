@@ -220,6 +220,8 @@ def test_train_batches_static_shapes_and_padding(splits):
         assert batch["segment"].dtype == np.int32 and batch["condition"].shape == (2,)
         mask = batch["mask"]
         assert (batch["grid_coord"] >= 0).all()
+        for r in range(2):  # aligned towards 0 by a multiple of grid_align
+            assert (batch["grid_coord"][r][mask[r]].min(0) < cfg.grid_align).all()
         assert (batch["grid_coord"][~mask] == 0).all() and (batch["feat"][~mask] == 0).all()
         assert (batch["segment"][~mask] == -1).all()
         color = batch["feat"][..., :3][mask]
@@ -239,6 +241,15 @@ def test_train_batches_static_shapes_and_padding(splits):
         assert metrics["data/padding_fraction"] == pytest.approx(1 - mask.mean())
     assert conditions == [0, 0, 0, 0, 1, 1, 2, 0]  # Structured3D:ScanNet:S3DIS = 4:2:1
     assert it.state() == {"step": 8}
+
+
+def test_align_grid_keeps_parity():
+    grid = np.array([[37, 50, 16], [40, 66, 20]], np.int32)
+    out = pipeline.align_grid({"grid_coord": grid}, 16)["grid_coord"]
+    np.testing.assert_array_equal(out, grid - [32, 48, 16])
+    shift = grid - out
+    for level in range(1, 5):  # every stride-2 level groups the same voxels
+        np.testing.assert_array_equal(out // 2 ** level, grid // 2 ** level - shift // 2 ** level)
 
 
 def test_determinism_and_resume(splits):

@@ -38,6 +38,8 @@ each row site, -1 at padding) and the scene's `inverse`, for softmax voting at f
   batch_size          rows per host per step
   num_sites           N, static sites per training row
   grid_size           2 cm sampling grid (metres)
+  grid_align          train grid_coord are shifted towards 0 by multiples of this (2^4 for SpUNet's
+                      four stride-2 levels: outputs unchanged, coordinates stay small after crops)
   mix_prob            Mix3D probability per batch (reference 0.8)
   crop_point_max      {name: SphereCrop point_max}  (reference: ScanNet 100000)
   crop_sample_rate    {name: SphereCrop sample_rate} (reference: S3DIS 0.6, Structured3D 0.8)
@@ -77,6 +79,7 @@ def default_config():
     c.batch_size = 3
     c.num_sites = 100_000
     c.grid_size = 0.02
+    c.grid_align = 16
     c.mix_prob = 0.8
     c.crop_point_max = {labels.SCANNET: 100_000}
     c.crop_sample_rate = {labels.S3DIS: 0.6, labels.STRUCTURED3D: 0.8}
@@ -114,6 +117,8 @@ def check_config(cfg, train=True):
             _fail("crop_sample_rate", f"{name}: rate {rate} not in (0, 1]")
     if cfg.grid_size <= 0:
         _fail("grid_size", f"must be positive, got {cfg.grid_size}")
+    if cfg.grid_align < 1:
+        _fail("grid_align", f"must be >= 1, got {cfg.grid_align}")
     for field in ("eval_batch_size", "eval_num_sites", "eval_num_points", "test_batch_size"):
         if cfg[field] < 1:
             _fail(field, f"must be >= 1, got {cfg[field]}")
@@ -179,6 +184,17 @@ def merge_mix3d(first, second):
     _, keep = np.unique(key, return_index=True)  # first occurrence: the first cloud wins
     merged = {k: np.concatenate([first[k], second[k]]) for k in first}
     return augment.take(merged, np.sort(keep))
+
+
+def align_grid(cloud, multiple):
+    """Shift grid_coord towards 0 by a multiple of `multiple` per axis.
+
+    A crop keeps the grid coordinates of the whole scene (reference), which can exceed the sparse
+    engine's bound for long rooms; shifting by a multiple of 2^L leaves every stride-2 level's voxel
+    grouping, hence the network's output, exactly unchanged.
+    """
+    lo = augment.bounds(cloud["grid_coord"])[0]
+    return {**cloud, "grid_coord": cloud["grid_coord"] - (lo // multiple) * multiple}
 
 
 def pad_row(cloud, num_sites):
@@ -258,6 +274,7 @@ class _TrainRows:
             first, cropped_a = self._sample(d, scenes[pos], key, 0, cfg.num_sites // 2)
             second, cropped_b = self._sample(d, partner, key, 1, cfg.num_sites // 2)
             cloud, cropped = merge_mix3d(first, second), cropped_a + cropped_b
+        cloud = align_grid(cloud, cfg.grid_align)
         return (*pad_row(cloud, cfg.num_sites), np.int32(d), np.int32(cropped))
 
 
