@@ -127,8 +127,13 @@ def voxelize(raw, grid_size, keep_full_res):
     return out
 
 
-def _process_scene(task):
-    """Worker: load, validate, voxelize and encode one scene. Pure in its inputs (spawn-safe)."""
+def process_scene(task):
+    """Load, validate, voxelize and encode one scene: the unit of work of any runner (local or Beam).
+
+    task = (load_fn, scene_id, dataset, grid_size, keep_full_res, num_classes). Returns {"scene",
+    "record" (Example bytes), "num_points", "num_sites", "notes"}, or {"scene", "file", "reason"} for a
+    broken scene. Pure in its inputs; picklable, so it runs in spawned workers.
+    """
     load_fn, scene_id, dataset, grid_size, keep_full_res, num_classes = task
     try:
         raw = load_fn(scene_id)
@@ -145,20 +150,20 @@ def _process_scene(task):
 
 
 def _run(tasks, workers):
-    """Results of `_process_scene` in task order; at most 2 * workers scenes in flight or buffered.
+    """Results of `process_scene` in task order; at most 2 * workers scenes in flight or buffered.
 
     A ProcessPoolExecutor (not multiprocessing.Pool) so that a worker killed by the OS (e.g. out of
     memory) raises BrokenProcessPool instead of hanging the run.
     """
     if workers <= 1 or len(tasks) <= 1:
-        yield from map(_process_scene, tasks)
+        yield from map(process_scene, tasks)
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending = collections.deque()
         try:
             for task in tasks:
-                pending.append(pool.submit(_process_scene, task))
+                pending.append(pool.submit(process_scene, task))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:

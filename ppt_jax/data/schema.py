@@ -16,7 +16,12 @@ Val/test scenes also carry the full-resolution evaluation fields: `origin_segmen
 original point, -1 = unannotated) and `inverse` (each original point's site index), so predictions
 made on sites go back to every original point.
 
-Arrays are stored as raw little-endian bytes (exact round trip, fast to decode).
+Arrays are stored as raw little-endian bytes (exact round trip, fast to decode); Examples are
+serialized deterministically (sorted feature keys), so equal scenes give equal bytes in any process.
+
+Why 1 cm: the reference samples one random point per 2 cm voxel for training and splits each 2 cm
+voxel's points into test fragments; 1 cm sites keep both possible (up to 8 real sites per 2 cm voxel)
+while dropping points that 2 cm sampling cannot tell apart (data_prep/README.md has the details).
 """
 
 import json
