@@ -91,8 +91,6 @@ def text_config(config_json):
 
 def text_features(model, params, tokenizer, texts):
     """Tokenise to CLIP's context length (as `clip.tokenize`) and return the projected EOT features."""
-    import jax
-
     enc = tokenizer(list(texts), padding="max_length", max_length=model.config.max_position_embeddings,
                     truncation=False, return_tensors="np")
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -100,8 +98,10 @@ def text_features(model, params, tokenizer, texts):
         too_long = [t for t, m in zip(texts, mask) if m.sum() > model.config.max_position_embeddings]
         raise ValueError(f"texts longer than CLIP's {model.config.max_position_embeddings} tokens: {too_long}")
     _check_pooling_position(model.config, tokenizer, ids, mask)
-    fwd = jax.jit(lambda params, ids, mask: model(ids, attention_mask=mask, params=params).text_embeds)
-    return np.asarray(fwd(params, ids, mask), np.float32)
+    def fwd(params, ids, mask):
+        return model(ids, attention_mask=mask, params=params).text_embeds
+
+    return sources.run_on_host(fwd, params, ids, mask).astype(np.float32)
 
 
 def _check_pooling_position(config, tokenizer, ids, mask):

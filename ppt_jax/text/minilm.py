@@ -46,7 +46,6 @@ def default_model_id():
 
 def encode_minilm(texts, model_path=None, bpe_path=None, work_dir=None):
     """(len(texts), hidden) attention-mask mean of the last hidden state, not yet normalised."""
-    import jax
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_flax_auto import FLAX_MODEL_MAPPING
 
@@ -68,8 +67,10 @@ def encode_minilm(texts, model_path=None, bpe_path=None, work_dir=None):
     enc = tokenizer(list(texts), padding=True, return_tensors="np")
     inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     log.info("sentence encoder %s: %d texts", model_path, len(texts))
-    fwd = jax.jit(lambda params, inputs: model(**inputs, params=params).last_hidden_state)
-    hidden = np.asarray(fwd(params, inputs), np.float64)
+    def fwd(params, inputs):
+        return model(**inputs, params=params).last_hidden_state
+
+    hidden = sources.run_on_host(fwd, params, inputs).astype(np.float64)
     mask = inputs["attention_mask"][..., None].astype(np.float64)
     return ((hidden * mask).sum(axis=1) / mask.sum(axis=1)).astype(np.float32)
 

@@ -11,6 +11,8 @@ the real one.
 import os
 import types
 
+import numpy as np
+
 WEIGHT_FILES = ("flax_model.msgpack", "model.safetensors")
 
 
@@ -118,6 +120,19 @@ def _hub_message(model_id, what, filenames, detail):
                 "flax_model.msgpack or model.safetensors.")
     return (f"cannot load {what}: {model_id!r} is not a local directory and the hub has no usable "
             f"{' / '.join(filenames)} ({detail})")
+
+
+def run_on_host(fn, *args):
+    """`jit(fn)(*args)` on the host CPU at full float32 matmul precision, as numpy.
+
+    A table is built once and reused everywhere, so it must not depend on the accelerator of the machine
+    that happened to build it (TF32 or bf16 matmuls on GPU/TPU).
+    """
+    import jax
+
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.default_device(cpu), jax.default_matmul_precision("highest"):
+        return np.asarray(jax.jit(fn)(*jax.device_put(args, cpu)))
 
 
 def load_tokenizer(cls, model_path, what):
