@@ -281,6 +281,8 @@ def test_bad_inputs_raise_clear_errors(scene):
         sparse.build_hierarchy(np.zeros((4, 3), np.int32), np.ones(4, bool), sparse.HierarchySpec((5, 2)))
     with pytest.raises(ValueError, match="kernel_sizes"):
         sparse.HierarchySpec((5, 2), kernel_sizes=((4,), (3,)))
+    with pytest.raises(ValueError, match="neighbour_maps"):
+        sparse.HierarchySpec((5,), neighbour_maps="hashed")
     with pytest.raises(ValueError, match="search_method"):
         sparse.HierarchySpec((5,), search_method="bogus")
     with pytest.raises(ValueError, match="no neighbour table for 125 taps at level 1"):
@@ -291,10 +293,20 @@ def test_bad_inputs_raise_clear_errors(scene):
         sparse.up_conv(np.zeros((400, 2), np.float32), h, 3, np.zeros((8, 2, 2), np.float32))
 
 
+def test_derived_tables_equal_searched_tables(scene):
+    """Finer levels' tables derived from their parents' equal a binary search of every neighbour key."""
+    coords, mask, h = scene
+    searched = build(coords, mask, sparse.HierarchySpec((400,) * 4, ((5, 3), (3,), (3,), (3,)), "searched"))
+    for level in range(4):
+        assert sorted(h.nbr[level]) == sorted(searched.nbr[level])
+        for k, table in searched.nbr[level].items():
+            np.testing.assert_array_equal(h.nbr[level][k], table)
+
+
 @pytest.mark.parametrize("method", ["sort", "scan_unrolled", "compare_all"])
 def test_search_methods_agree(scene, method):
     coords, mask, h = scene
-    h2 = build(coords, mask, sparse.HierarchySpec(capacities=(400,), kernel_sizes=((3,),), search_method=method))
+    h2 = build(coords, mask, sparse.HierarchySpec((400,), ((3,),), search_method=method))
     np.testing.assert_array_equal(h2.nbr[0][3], h.nbr[0][3])
 
 
