@@ -117,7 +117,7 @@ def test_random_encoder_is_labelled_in_every_log_line(spy, tmp_path, caplog):
 def test_zero_embedding_is_rejected(monkeypatch, tmp_path):
     zero = table.ENCODERS["minilm"]._replace(encode=lambda texts, **_: np.zeros((len(texts), 4)))
     monkeypatch.setitem(table.ENCODERS, "minilm", zero)
-    with pytest.raises(ValueError, match="'minilm' returned a non-finite, zero"):
+    with pytest.raises(ValueError, match="'minilm' returned a non-finite or zero embedding"):
         text.class_embeddings("minilm", NAMES, cache_dir=str(tmp_path))
 
 

@@ -1,4 +1,4 @@
-"""On-disk cache of embedding tables: `<key>.npy` + `<key>.json` under `<cache_dir>/text_embeddings/`.
+"""On-disk cache of embedding tables: `<encoder>_<key>.npy` + `.json` in `<cache_dir>/text_embeddings/`.
 
 The key hashes everything that determines the table (encoder, model, template, class list), so a change
 of any of them builds a new table and switching back reuses the old one. The JSON records those inputs

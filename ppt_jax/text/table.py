@@ -34,7 +34,7 @@ def class_embeddings(encoder, names, template="[x]", *, cache_dir, model_path=No
         return table
     texts = [template.replace("[x]", name) for name in spec["names"]]
     raw = ENCODERS[encoder].encode(texts, model_path=model_path, bpe_path=bpe_path, work_dir=cache_dir)
-    table = normalize_rows(raw, encoder)
+    table = normalize_rows(raw, encoder, len(texts))
     extra = {"label": label, "dim": int(table.shape[1]), "bpe_path": bpe_path}
     meta_path = cache.save(cache_dir, spec, table, extra)
     log.info("%s: built %s table %s, cached at %s", label, encoder, table.shape, meta_path)
@@ -46,8 +46,7 @@ def check_available(encoder, model_path=None):
 
     Loads no model: lets a config choose its default encoder (e.g. clip when its weights are present).
     """
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown text encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+    _check_encoder(encoder)
     if encoder == "random_clip":
         return
     model_path = model_path or (clip.DEFAULT_MODEL if encoder == "clip" else minilm.default_model_dir())
@@ -59,8 +58,7 @@ def check_available(encoder, model_path=None):
 
 def table_spec(encoder, names, template, model_path):
     """Everything that determines the table, validated; its hash is the cache key."""
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown text encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+    _check_encoder(encoder)
     if not isinstance(template, str) or "[x]" not in template:
         raise ValueError(f"text template must be a string containing '[x]', got {template!r}")
     names = list(names)
@@ -76,9 +74,16 @@ def table_spec(encoder, names, template, model_path):
     return {"format": cache.FORMAT, "encoder": encoder, "model": model, "template": template, "names": names}
 
 
-def normalize_rows(raw, encoder):
+def normalize_rows(raw, encoder, num_names):
     raw = np.asarray(raw, np.float64)
+    if raw.ndim != 2 or raw.shape[0] != num_names:
+        raise ValueError(f"text encoder {encoder!r} returned shape {raw.shape}, not ({num_names}, dim)")
     norms = np.linalg.norm(raw, axis=1, keepdims=True)
-    if raw.ndim != 2 or not np.all(np.isfinite(raw)) or np.any(norms == 0):
-        raise ValueError(f"text encoder {encoder!r} returned a non-finite, zero or non-2-D embedding table")
+    if not np.all(np.isfinite(raw)) or np.any(norms == 0):
+        raise ValueError(f"text encoder {encoder!r} returned a non-finite or zero embedding")
     return (raw / norms).astype(np.float32)
+
+
+def _check_encoder(encoder):
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown text encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
