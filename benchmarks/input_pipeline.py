@@ -88,12 +88,10 @@ def main():
     parser.add_argument("--scenes", default="8,4,2", help="Structured3D,ScanNet,S3DIS train scenes")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--num_sites", type=int, default=100_000)
-    parser.add_argument("--out", default=None, help="shard directory to reuse (default: temporary)")
     args = parser.parse_args()
     cores = os.cpu_count()
     scenes = tuple(int(c) for c in args.scenes.split(","))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = args.out or tmp
+    with tempfile.TemporaryDirectory() as out:
         _preprocess(out, scenes, args.density)
         cfg = pipeline.default_config()
         cfg.train_dirs = {name: os.path.join(out, name, "train") for name in cfg.datasets}
