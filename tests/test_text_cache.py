@@ -139,9 +139,12 @@ def test_cli_writes_the_union_table_and_summarises_it(spy, tmp_path, capsys):
     assert "cos(bookshelf,bookcase)" in out and "cos(sofa,chair)" in out
 
 
-def test_cli_rejects_an_unknown_encoder(capsys):
+def test_cli_rejects_an_unknown_encoder_or_template(spy, tmp_path, capsys):
     from ppt_jax.text import __main__ as cli
 
     with pytest.raises(SystemExit):
-        cli.main(["--encoder", "word2vec", "--out", "x"])
+        cli.main(["--encoder", "word2vec", "--out", str(tmp_path)])
     assert "invalid choice: 'word2vec'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"error: text template must be a string containing '\[x\]'"):
+        cli.main(["--encoder", "minilm", "--out", str(tmp_path), "--template", "a photo"])
+    assert spy.calls == []

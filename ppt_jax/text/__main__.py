@@ -12,6 +12,7 @@ import numpy as np
 
 from ppt_jax import labels
 from ppt_jax.text import cache, table
+from ppt_jax.text.sources import EncoderUnavailable
 
 # Pairs whose similarity should exceed the second (the point of language-guided anchors).
 MEANING_CHECKS = (("bookshelf", "bookcase", "toilet"), ("sofa", "chair", "ceiling"))
@@ -49,8 +50,11 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = labels.UNION_NAMES
-    emb = table.class_embeddings(args.encoder, names, args.template, cache_dir=args.out,
-                                 model_path=args.model_path, bpe_path=args.bpe_path)
+    try:
+        emb = table.class_embeddings(args.encoder, names, args.template, cache_dir=args.out,
+                                     model_path=args.model_path, bpe_path=args.bpe_path)
+    except (EncoderUnavailable, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
     spec = table.table_spec(args.encoder, names, args.template, args.model_path)
     print(f"encoder {args.encoder}: {table.ENCODERS[args.encoder].label}; model {spec['model']}; "
           f"template {args.template!r}")
