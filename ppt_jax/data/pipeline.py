@@ -6,6 +6,13 @@ permutation per pass, dealt to hosts, `schedule.host_scenes`), and the scene's a
 (seed, dataset, epoch, restart, scene, role). tf.data runs these rows through `tf.numpy_function` with
 `num_parallel_calls` (deterministic order), batches and prefetches. Resuming is re-creating the
 iterator at `start_step` (its `state()` is `{"step": t}`): nothing is replayed, no step is skipped.
+Shuffling is a full permutation per pass (no shuffle buffer); scenes are read by record offset
+(`records.SceneIndex`). Each host gets `len // process_count` scenes per pass, so all hosts run the same
+schedule in lockstep.
+
+The "points" the transforms see are the shard's stored sites (one real point per 1 cm voxel,
+`schema`), not the raw scans: the 2 cm GridSample then picks a random stored site per voxel, where
+the reference picks a random raw point.
 
 Static shapes: every row has N = `num_sites` sites. After the reference's per-dataset SphereCrop, a row
 with more than N sites is sphere-cropped to N, and the removed sites are counted in `cropped_sites`;

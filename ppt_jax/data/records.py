@@ -6,6 +6,9 @@ reads single records by position. A TFRecord file is a sequence of
 once (12 bytes read per record) and then reads any scene with one seek. Reads go through
 `tf.io.gfile`, so shards may live on GCS as well as on local disk.
 
+The record CRCs are not recomputed on every read (Python has no fast crc32c); shard integrity is
+data_prep's sha256 per shard in the manifest, and a corrupt record fails to decode with its location.
+
 Records are decoded with the protobuf parser straight into numpy (no TF ops): decoding runs inside
 `tf.numpy_function` worker threads, where eager TF calls would serialise on the runtime.
 """
