@@ -52,7 +52,7 @@ def test_synthetic_merges_tokenize_as_bpe(tmp_path):
     assert tok("ta")["input_ids"] == [vocab[bpe.BOS_TOKEN], vocab["t"], vocab["a</w>"], vocab[bpe.EOS_TOKEN]]
 
 
-def test_missing_or_malformed_vocabulary_file_is_named(tmp_path):
+def test_missing_or_malformed_vocabulary_file_is_named(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="nowhere.txt.gz"):
         bpe.read_clip_merges(str(tmp_path / "nowhere.txt.gz"))
     not_gz = tmp_path / "plain.txt.gz"
@@ -64,3 +64,4 @@ def test_missing_or_malformed_vocabulary_file_is_named(tmp_path):
         f.write("#version\na b\n")
     with pytest.raises(ValueError, match="short.txt.gz.*48894"):
         bpe.read_clip_merges(str(short))
+    assert "short.txt.gz is not CLIP's bpe_simple_vocab_16e6.txt.gz" in caplog.text

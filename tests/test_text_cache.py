@@ -98,6 +98,7 @@ def test_corrupted_table_is_an_error_naming_the_file(spy, tmp_path):
     (dict(names=("wall", "wall")), "duplicates: \\['wall'\\]"),
     (dict(names=()), "non-empty list"),
     (dict(names=("wall", "")), "non-empty strings"),
+    (dict(cache_dir=None), "cache_dir must be a directory path"),
 ])
 def test_bad_arguments_are_rejected(spy, tmp_path, kwargs, message):
     args = dict(encoder="minilm", names=NAMES, template="[x]", cache_dir=str(tmp_path)) | kwargs

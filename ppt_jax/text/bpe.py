@@ -7,7 +7,9 @@ token ids.
 """
 
 import gzip
+import hashlib
 import json
+import logging
 import os
 
 # openai/CLIP reads lines[1 : 49152 - 256 - 2 + 1]: 48,894 merges after the header line.
@@ -15,12 +17,21 @@ NUM_CLIP_MERGES = 49152 - 256 - 2
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 CONTEXT_LENGTH = 77
+# sha256 of the file openai/CLIP and open-clip-torch ship (../shared/clip/PROVENANCE.md).
+CLIP_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+
+log = logging.getLogger(__name__)
 
 
 def read_clip_merges(gz_path):
     """The merge pairs CLIP uses, in rank order, from `bpe_simple_vocab_16e6.txt.gz`."""
     if not os.path.isfile(gz_path):
         raise FileNotFoundError(f"CLIP BPE vocabulary not found: {gz_path} (expected bpe_simple_vocab_16e6.txt.gz)")
+    with open(gz_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest != CLIP_BPE_SHA256:
+        log.warning("%s is not CLIP's bpe_simple_vocab_16e6.txt.gz (sha256 %s); its token ids are not CLIP's",
+                    gz_path, digest)
     try:
         with gzip.open(gz_path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")

@@ -26,6 +26,8 @@ def class_embeddings(encoder, names, template="[x]", *, cache_dir, model_path=No
     cached table without importing any model. `bpe_path` (clip only) is CLIP's
     bpe_simple_vocab_16e6.txt.gz, used when the model directory has no tokenizer files.
     """
+    if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
+        raise ValueError(f"cache_dir must be a directory path (the work directory), got {cache_dir!r}")
     spec = table_spec(encoder, names, template, model_path)
     label = ENCODERS[encoder].label
     table = cache.load(cache_dir, spec)
