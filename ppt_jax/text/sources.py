@@ -30,8 +30,11 @@ def is_local(model_path):
     return os.path.isdir(os.path.expanduser(model_path))
 
 
-def locate(model_path, filename, what):
-    """Local path of `filename` in a directory or hub repository, or None if it has none."""
+def locate(model_path, filename, what, local_only=False):
+    """Local path of `filename` in a directory or hub repository, or None if it has none.
+
+    `local_only`: for a hub id, search only the local hub cache, even when online.
+    """
     if is_local(model_path):
         path = os.path.join(os.path.expanduser(model_path), filename)
         return path if os.path.isfile(path) else None
@@ -41,7 +44,7 @@ def locate(model_path, filename, what):
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download(model_path, filename, local_files_only=offline())
+        return hf_hub_download(model_path, filename, local_files_only=local_only or offline())
     except (EntryNotFoundError, LocalEntryNotFoundError):
         return None
     except OSError as e:  # repository missing, network failure, ...

@@ -43,19 +43,29 @@ def class_embeddings(encoder, names, template="[x]", *, cache_dir, model_path=No
     return table
 
 
-def check_available(encoder, model_path=None):
+def check_available(encoder, model_path=None, local_only=False):
     """Raise `EncoderUnavailable` (naming what was looked for) unless `encoder`'s config and weights exist.
 
-    Loads no model: lets a config choose its default encoder (e.g. clip when its weights are present).
+    Loads no model. `local_only`: look for a hub id in the local hub cache only (no network).
     """
     _check_encoder(encoder)
     if encoder == "random_clip":
         return
     model_path = model_path or (clip.DEFAULT_MODEL if encoder == "clip" else minilm.default_model_dir())
     what = ENCODERS[encoder].label
-    if sources.locate(model_path, "config.json", what) is None or not any(
-            sources.locate(model_path, n, what) for n in sources.WEIGHT_FILES):
+    if sources.locate(model_path, "config.json", what, local_only) is None or not any(
+            sources.locate(model_path, n, what, local_only) for n in sources.WEIGHT_FILES):
         raise sources.EncoderUnavailable(sources.missing_files_message(model_path, what))
+
+
+def default_encoder(clip_model_path=None):
+    """The embedded default's choice: ("clip", note) when CLIP's weights are on this machine (a directory,
+    or the local hub cache: no network), else ("minilm", note). Log the note: it says which was used."""
+    try:
+        check_available("clip", clip_model_path, local_only=True)
+    except sources.EncoderUnavailable as e:
+        return "minilm", f"text encoder: minilm (all-MiniLM-L6-v2), not CLIP: CLIP is unavailable ({e})"
+    return "clip", f"text encoder: clip ({clip_model_path or clip.DEFAULT_MODEL})"
 
 
 def table_spec(encoder, names, template, model_path):
