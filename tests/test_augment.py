@@ -185,3 +185,13 @@ def test_train_transform_is_seeded_and_valid():
     np.testing.assert_array_equal(a["segment"], cloud["segment"][a["site"]])
     other, _ = run(12)
     assert not np.array_equal(other["site"], a["site"])
+
+
+def test_tiny_clouds_survive_the_train_transform():
+    for n in (1, 2, 3):
+        cloud = _cloud(n)
+        for seed in range(20):  # covers dropout, crops and every random branch
+            out, _ = augment.train_transform(
+                cloud, np.random.default_rng(seed),
+                lambda m: augment.reference_crop_budget(m, sample_rate=0.6), 100)
+            assert 1 <= len(out["coord"]) <= n and np.isfinite(out["coord"]).all()

@@ -54,7 +54,8 @@ def random_dropout(cloud, rng, ratio=0.2, p=0.2):
     if rng.random() >= p:
         return cloud
     n = len(cloud["coord"])
-    return take(cloud, np.sort(rng.choice(n, int(n * (1 - ratio)), replace=False)))
+    keep = max(1, int(n * (1 - ratio)))  # never empty (the reference would crash on a 1-point cloud)
+    return take(cloud, np.sort(rng.choice(n, keep, replace=False)))
 
 
 def rotation_matrix(angle, axis):
@@ -233,9 +234,10 @@ def sphere_crop(cloud, rng, budget):
 
 
 def reference_crop_budget(num_points, point_max=None, sample_rate=None):
-    """SphereCrop's cap: int(sample_rate · n) when a rate is given, else `point_max` (None: no crop)."""
+    """SphereCrop's cap: int(sample_rate · n) (at least 1) when a rate is given, else `point_max`
+    (None: no crop)."""
     if sample_rate is not None:
-        return int(sample_rate * num_points)
+        return max(1, int(sample_rate * num_points))
     return num_points if point_max is None else int(point_max)
 
 
