@@ -81,7 +81,7 @@ def read_mesh(path):
     except FileNotFoundError:
         raise writer.SceneError(path, "file not found") from None
     except (OSError, ValueError) as err:
-        raise writer.SceneError(path, f"unreadable PLY: {err}") from None
+        raise writer.SceneError(path, f"unreadable PLY: {str(err).removeprefix(f'{path}: ')}") from None
     vertex, face = mesh.get("vertex"), mesh.get("face")
     need = ("x", "y", "z", "red", "green", "blue")
     if vertex is None or any(n not in vertex.dtype.names for n in need):

@@ -87,7 +87,9 @@ def test_cli_shards_and_broken_scenes(raw, tmp_path, capsys):
     code = scannet.main(["--raw", raw, "--out", out, "--workers", "1", "--no_progress"])
     printed = capsys.readouterr().out
     assert code == 1
-    assert "unreadable PLY" in printed and "truncated PLY" in printed and "scene0001_00_vh_clean_2.ply" in printed
+    bad_ply = os.path.join(raw, "scans", "scene0001_00", "scene0001_00_vh_clean_2.ply")
+    assert (f"skipped scene0001_00: {bad_ply}: unreadable PLY: truncated PLY: element 'face' needs 39 bytes, "
+            "19 left") in printed
     assert "scene0003_00.aggregation.json: file not found" in printed
     nan_ply = os.path.join(raw, "scans", "scene0004_00", "scene0004_00_vh_clean_2.ply")
     assert f"skipped scene0004_00: {nan_ply}: 1 of 7 points have non-finite coord" in printed
