@@ -1,0 +1,71 @@
+"""The main command: train, evaluate, test or export a PPT model.
+
+    python -m ppt_jax.main --config=configs/joint.py [--config.train.steps=1000 ...]
+        [--workdir=runs/joint] [--mode=train|eval|test|export] [--checkpoint=best|latest]
+
+train   trains (resuming from the work directory's latest checkpoint), evaluates every dataset and
+        prints the per-dataset table (also in <workdir>/results.txt).
+eval    single-pass full-resolution validation of a checkpoint (the reference's training-time val).
+test    the reference's test: 13 views x all grid-sampling fragments, softmax voting.
+export  writes the checkpoint's model variables + config JSON to <workdir>/export (config.export.part).
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from ppt_jax import distributed
+
+MODES = ("train", "eval", "test", "export")
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/joint.py.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Work directory (default: runs/<config name>).")
+flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Checkpoint for eval/test/export.")
+flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: "
+                  "$PPT_DISTRIBUTED).")
+FLAGS = flags.FLAGS
+
+
+log = logging.getLogger("ppt_jax.main")
+
+
+def _setup_logging():
+    """Our progress lines on stdout; library chatter (absl users such as Orbax) only from WARNING."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("ppt_jax")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/joint.py")
+    _setup_logging()
+    info = distributed.maybe_initialize(FLAGS.distributed)
+    from ppt_jax.train import loop   # after distributed start-up: it touches the JAX backend
+
+    config = FLAGS.config
+    workdir = FLAGS.workdir or os.path.join("runs", config.name)
+    log.info("config %s, workdir %s, mode %s, process %d/%d, %d devices", config.name, workdir,
+                 FLAGS.mode, info.process_index, info.process_count, info.global_devices)
+    if FLAGS.mode == "train":
+        loop.train(config, workdir)
+    elif FLAGS.mode in ("eval", "test"):
+        loop.evaluate(config, workdir, FLAGS.checkpoint, test=FLAGS.mode == "test")
+    else:
+        loop.export(config, workdir, FLAGS.checkpoint)
+
+
+if __name__ == "__main__":
+    app.run(main)

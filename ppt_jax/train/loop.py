@@ -1,0 +1,303 @@
+"""The training loop and the eval / test / export modes (one readable function each).
+
+A run writes into its work directory: `metrics.jsonl` (one JSON record per log line and evaluation),
+`tb/` (TensorBoard scalars), `checkpoints/` and `best/` (Orbax), `results.txt` (the final per-dataset
+table) and, for the embedded default, `synthetic/` (the generated shards) and `text/` (the text table).
+"""
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from flax import traverse_util
+
+from ppt_jax import data, labels
+from ppt_jax.train import checkpoint, metrics, optim, setup
+from ppt_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """A train step produced a NaN/inf loss or gradient; its update was not applied."""
+
+
+def _json_default(x):
+    return x.item() if hasattr(x, "item") else str(x)
+
+
+class Recorder:
+    """metrics.jsonl + TensorBoard scalars, written by process 0 only."""
+
+    def __init__(self, workdir):
+        self.active = jax.process_index() == 0
+        if self.active:
+            self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+
+    def write(self, record, scalars=None):
+        if not self.active:
+            return
+        self.file.write(json.dumps(record, default=_json_default) + "\n")
+        self.file.flush()
+        with self.tb.as_default():
+            for name, value in (scalars or {}).items():
+                tf.summary.scalar(name, float(value), step=int(record.get("step", 0)))
+        self.tb.flush()
+
+    def close(self):
+        if self.active:
+            self.file.close()
+            self.tb.close()
+
+
+def prepare(config, workdir):
+    """Resolve data, build the text table, model and mesh: a `setup.Run`."""
+    os.makedirs(workdir, exist_ok=True)
+    config, synthetic = setup.resolve_data(config, workdir)
+    table, text_info = setup.text_table(config, workdir)
+    mesh = step_lib.make_mesh(config.mesh.model)
+    data_devices = mesh.shape[step_lib.DATA_AXIS]
+    for field, rows in (("data.batch_size", config.data.batch_size * jax.process_count()),
+                        ("data.eval_batch_size", config.data.eval_batch_size * jax.process_count()),
+                        ("data.test_batch_size", config.data.test_batch_size)):
+        if rows % data_devices:
+            raise ValueError(f"config.{field}: {rows} global rows do not split over the "
+                             f"{data_devices} devices of the mesh's data axis")
+    return setup.Run(config=config, workdir=workdir, mesh=mesh, model=setup.build_model(config, table),
+                     cond_map=setup.condition_map(config), text_info=text_info, synthetic=synthetic)
+
+
+def _to_device(run, batch, keys):
+    batch = {k: batch[k] for k in keys}
+    batch["condition"] = run.cond_map[batch["condition"]]
+    return step_lib.global_batch(batch, run.mesh)
+
+
+def _nonfinite_message(step, m, names):
+    present = [n for n, c in zip(names, np.asarray(m["dataset_rows"])) if c]
+    return (f"step {step}: non-finite loss {float(m['loss'])} / gradient norm "
+            f"{float(m['grad_norm'])} on a batch of dataset(s) {present}; the update was NOT applied "
+            f"(state kept at step {step})")
+
+
+def _load_init(run, variables):
+    """Overwrite fresh variables with an exported model (config.init.export_dir), path by path."""
+    exported, meta = checkpoint.load_export(run.config.init.export_dir)
+    fresh = traverse_util.flatten_dict(variables, sep="/")
+    saved = traverse_util.flatten_dict(exported, sep="/")
+    unknown = sorted(set(saved) - set(fresh))
+    if unknown:
+        raise ValueError(f"config.init.export_dir: arrays {unknown[:5]} of the export do not exist "
+                         f"in this model (config.model must match the exported one)")
+    for path, value in saved.items():
+        if np.shape(value) != np.shape(fresh[path]):
+            raise ValueError(f"config.init.export_dir: {path} has shape {np.shape(value)} in the "
+                             f"export, {np.shape(fresh[path])} in this model")
+        fresh[path] = jnp.asarray(value, fresh[path].dtype)
+    log.info("Initialised %d of %d arrays from the %s export %s", len(saved), len(fresh),
+                 meta["part"], run.config.init.export_dir)
+    return traverse_util.unflatten_dict(fresh, sep="/"), len(saved)
+
+
+def train(config, workdir):
+    """Train (resuming from the latest checkpoint), evaluate, save; returns the final results."""
+    run = prepare(config, workdir)
+    cfg = run.config
+    steps = setup.total_steps(cfg, jax.process_count())
+    tx, lr_fn = optim.make_optimizer(cfg.optim, steps)
+    variables = setup.init_variables(run.model, cfg, cfg.seed)
+    loaded = 0
+    if cfg.init.export_dir:
+        variables, loaded = _load_init(run, variables)
+    state = setup.new_state(variables, tx, cfg.seed, run.mesh)
+    ckpts = checkpoint.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    restored = ckpts.restore(state)
+    best = -1.0
+    if restored is not None:
+        state, meta = restored
+        best = meta.get("best_mIoU", -1.0)
+        log.info("Resumed from step %d (data position %s)", int(state.step), meta["data"])
+    start = int(state.step)
+    train_spec = setup.hierarchy_spec(cfg, cfg.data.num_sites)
+    train_step = step_lib.make_train_step(run.model, tx, lr_fn, train_spec, len(run.conditions),
+                                          run.mesh)
+    batches = data.train_dataset(cfg.data, jax.process_index(), jax.process_count(), start_step=start)
+    rec = Recorder(workdir)
+    rec.write({"event": "start", "step": start, "total_steps": steps, "synthetic": run.synthetic,
+               "text_encoder": run.text_info, "devices": jax.device_count(),
+               "init_arrays_loaded": loaded, "config": cfg.to_dict()})
+    preempt = checkpoint.Preemption()
+    window, t0, last = [], time.time(), start
+
+    def save(step_now, meta_extra=None):
+        meta = {"data": batches.state(), "best_mIoU": best, **(meta_extra or {})}
+        ckpts.save(step_now, state, meta)
+        return meta
+
+    try:
+        for step in range(start, steps):
+            batch = next(batches)
+            bm = data.batch_metrics(batch)
+            state, m = train_step(state, _to_device(run, batch, data.pipeline.TRAIN_KEYS[:-1]))
+            m = jax.device_get(m)
+            if not m["finite"]:
+                msg = _nonfinite_message(step, m, run.conditions)
+                rec.write({"event": "nonfinite", "step": step, "message": msg})
+                if cfg.train.on_nonfinite == "raise":
+                    raise NonFiniteError(msg)
+                log.error("%s; skipping the batch (config.train.on_nonfinite='skip')", msg)
+            if m["dropped_sites"].any():
+                log.warning("step %d: hierarchy dropped sites per level %s (raise "
+                                "config.sparse.level_fractions)", step, m["dropped_sites"].tolist())
+            window.append(float(m["loss"]))
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == steps:
+                rate = (done - last) / max(time.time() - t0, 1e-9)
+                eta = (steps - done) / max(rate, 1e-9)
+                loss = float(np.mean(window))
+                log.info("step %d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.2f steps/s  ETA %s",
+                             done, steps, loss, m["lr"], m["grad_norm"], rate,
+                             time.strftime("%H:%M:%S", time.gmtime(eta)))
+                rec.write({"event": "train", "step": done, "loss": loss, "last_loss": float(m["loss"]),
+                           "lr": m["lr"], "grad_norm": m["grad_norm"], "steps_per_s": rate,
+                           "dataset_rows": m["dataset_rows"].tolist(), **bm,
+                           "dropped_sites": m["dropped_sites"].tolist()},
+                          {"train/loss": loss, "train/lr": m["lr"], "train/grad_norm": m["grad_norm"]})
+                window, t0, last = [], time.time(), done
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != steps:
+                results = evaluate_state(run, state)
+                best = _record_eval(run, rec, ckpts, state, done, results, best, batches)
+            if done % cfg.train.checkpoint_every == 0:
+                save(done)
+            if preempt.requested or done == cfg.train.stop_at_step:
+                why = "SIGTERM" if preempt.requested else "config.train.stop_at_step"
+                save(done)
+                log.warning("Stopped at step %d (%s); checkpoint saved, rerun to resume", done, why)
+                rec.write({"event": "stopped", "step": done, "reason": why})
+                return None
+        results = evaluate_state(run, state)
+        best = _record_eval(run, rec, ckpts, state, steps, results, best, batches)
+        save(steps)
+        _final_table(run, results, f"after {steps} steps")
+        rec.write({"event": "final", "step": steps, "results": results,
+                   "train_step_traces": train_step.counter.traces, "text_encoder": run.text_info})
+        return results
+    finally:
+        preempt.close()
+        rec.close()
+        ckpts.close()
+
+
+def _record_eval(run, rec, ckpts, state, step, results, best, batches):
+    names = list(results)
+    mean = float(np.mean([results[n]["mIoU"] for n in names]))
+    for n in names:
+        log.info("eval step %d  %s  mIoU %.4f  mAcc %.4f  allAcc %.4f", step, n,
+                     results[n]["mIoU"], results[n]["mAcc"], results[n]["allAcc"])
+    rec.write({"event": "eval", "step": step, "mean_mIoU": mean, "results": results},
+              {f"eval/{n}/mIoU": results[n]["mIoU"] for n in names} | {"eval/mean_mIoU": mean})
+    if mean > best:
+        ckpts.save_best(step, state, {"data": batches.state(), "best_mIoU": mean}, mean)
+    return max(best, mean)
+
+
+def _final_table(run, results, what):
+    note = run.text_info.get("note") or f"text encoder: {run.text_info.get('used')}"
+    header = (f"PPT per-dataset results {what} ({'synthetic data' if run.synthetic else 'shards'};"
+              f" {note})")
+    table = header + "\n" + metrics.format_table(results)
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "results.txt"), "w") as f:
+            f.write(table + "\n")
+    print(table, flush=True)
+    return table
+
+
+def _variables(state):
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def evaluate_state(run, state):
+    """Single-pass full-resolution validation of every `config.eval.datasets` split."""
+    cfg = run.config
+    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites)
+    eval_step = step_lib.make_eval_step(run.model, spec, len(run.conditions), run.num_classes,
+                                        run.mesh)
+    variables = _variables(state)
+    results = {}
+    for name in cfg.eval.datasets:
+        conf = jax.device_put(jnp.zeros((len(run.conditions), run.num_classes, run.num_classes),
+                                        jnp.int32), step_lib.replicated(run.mesh))
+        for batch in data.eval_dataset(cfg.eval.val_dirs[name], name, cfg.data, jax.process_index(),
+                                       jax.process_count()):
+            conf = eval_step(variables, conf, _to_device(run, batch, data.pipeline.EVAL_KEYS))
+        d = run.conditions.index(name)
+        results[name] = metrics.summarize(conf[d], labels.CLASS_NAMES[name])
+    return results
+
+
+def test_state(run, state):
+    """The reference's test: 13 views x all GridSample fragments, softmax votes, full resolution."""
+    if jax.process_count() > 1:
+        raise NotImplementedError("--mode test runs on one process (voting gathers whole scenes)")
+    cfg = run.config
+    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites)
+    vote = step_lib.make_vote_step(run.model, spec, run.mesh)
+    variables = _variables(state)
+    results = {}
+    for name in cfg.eval.datasets:
+        d = run.conditions.index(name)
+        conf = np.zeros((run.num_classes, run.num_classes), np.int64)
+        for scene in data.fragment_dataset(cfg.eval.val_dirs[name], name, cfg.data):
+            votes = jnp.zeros((_bucket(scene["num_sites"]), run.num_classes), jnp.float32)
+            for batch in scene["batches"]:
+                votes = vote(variables, votes, _to_device(run, batch, data.pipeline.EVAL_KEYS[:5]
+                                                          + ("index",)))
+            pred = np.asarray(jnp.argmax(votes[:scene["num_sites"]], -1))[scene["inverse"]]
+            conf += np.asarray(metrics.confusion(pred[None], scene["origin_segment"][None],
+                                                 np.array([0]), 1, run.num_classes)[0])
+        results[name] = metrics.summarize(conf, labels.CLASS_NAMES[name])
+    return results
+
+
+def _bucket(n):
+    """Vote-buffer length: the next power of two (a handful of compiles for all scene sizes)."""
+    return 1 << max(10, int(np.ceil(np.log2(max(n, 1)))))
+
+
+def restore_for_eval(config, workdir, which):
+    run = prepare(config, workdir)
+    tx, _ = optim.make_optimizer(run.config.optim, setup.total_steps(run.config, jax.process_count()))
+    state = setup.new_state(setup.init_variables(run.model, run.config, run.config.seed), tx,
+                            run.config.seed, run.mesh)
+    ckpts = checkpoint.Checkpoints(workdir)
+    restored = ckpts.restore(state, which=which)
+    ckpts.close()
+    if restored is None:
+        raise FileNotFoundError(f"{workdir}: no {which} checkpoint to evaluate; train first")
+    return run, restored[0]
+
+
+def evaluate(config, workdir, which="best", test=False):
+    run, state = restore_for_eval(config, workdir, which)
+    results = test_state(run, state) if test else evaluate_state(run, state)
+    what = (f"{'13-view test' if test else 'single-pass val'} of the {which} checkpoint "
+            f"(step {int(state.step)})")
+    _final_table(run, results, what)
+    return results
+
+
+def export(config, workdir, which="best", out_dir=None):
+    run, state = restore_for_eval(config, workdir, which)
+    out = out_dir or os.path.join(workdir, "export")
+    checkpoint.export(out, jax.device_get(_variables(state)), run.config.to_dict(),
+                      part=run.config.export.part)
+    log.info("Exported the %s checkpoint (step %d, part %s) to %s", which, int(state.step),
+                 run.config.export.part, out)
+    return out

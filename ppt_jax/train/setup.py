@@ -1,0 +1,182 @@
+"""Everything a run needs before its first step: data location, text table, model, optimizer, state.
+
+The one place that wires the parts together (design.md): config -> shards (or the embedded synthetic
+default) -> text table -> PPT model -> sparse hierarchy spec -> optimizer -> sharded train state.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ppt_jax import labels, models, sparse, text
+from ppt_jax.data import schema
+from ppt_jax.train import optim
+from ppt_jax.train.step import TrainState, build_hierarchies, replicated
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+log = logging.getLogger(__name__)
+
+
+def _has_manifest(split_dir):
+    return bool(split_dir) and os.path.exists(os.path.join(split_dir, schema.MANIFEST_NAME))
+
+
+def merge(config, overrides):
+    """Recursively set `overrides` (nested dict/ConfigDict) into `config`."""
+    for key, value in overrides.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(
+                config.get(key), ml_collections.ConfigDict):
+            merge(config[key], value)
+        else:
+            config[key] = value
+
+
+def resolve_data(config, workdir):
+    """Use the configured shards, or say so and switch to the embedded synthetic default.
+
+    The synthetic data is generated into `<workdir>/synthetic` on first use (data_prep.synthetic) and
+    the recipe is scaled by `config.synthetic.overrides` so that it runs on a small CPU.
+    Returns the config actually used (a copy) and whether it is synthetic.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    names = tuple(config.data.datasets)
+    dirs = [dict(config.data.train_dirs).get(n, "") for n in names]
+    dirs += [dict(config.eval.val_dirs).get(n, "") for n in config.eval.datasets]
+    missing = [d or "(unset)" for d in dirs if not _has_manifest(d)]
+    if not missing:
+        return config, False
+    if not config.synthetic.enabled:
+        raise FileNotFoundError(f"no shards at {missing} (config.data.train_dirs / config.eval.val_dirs)"
+                                f" and config.synthetic.enabled is False: run data_prep first")
+    from data_prep import synthetic  # the embedded default only; real runs never import data_prep
+    out = os.path.join(workdir, "synthetic")
+    log.warning("Configured shards not found: %s. Running the same recipe on synthetic "
+                    "multi-domain data in %s (scaled by config.synthetic.overrides).",
+                    ", ".join(missing), out)
+    s = config.synthetic
+    synthetic.generate(out, scenes=tuple(s.scenes), val_scenes=tuple(s.val_scenes), seed=s.seed,
+                       density=s.density, workers=s.workers, progress=False)
+    merge(config, s.overrides.to_dict())
+    config.data.train_dirs = {n: os.path.join(out, n, "train") for n in names}
+    config.eval.val_dirs = {n: os.path.join(out, n, "val") for n in config.eval.datasets}
+    return config, True
+
+
+def text_table(config, workdir):
+    """(table or None, info dict). CLIP unavailable -> the configured fallback encoder, said loudly."""
+    t = config.text
+    info = {"requested": t.encoder, "used": None, "note": ""}
+    if config.model.head != "language":
+        return None, info
+    if not t.allow_download:
+        # Read before huggingface_hub is first imported (ppt_jax.text imports it lazily).
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    kwargs = dict(names=labels.UNION_NAMES, template=t.template,
+                  cache_dir=t.cache_dir or os.path.join(workdir, "text"))
+    try:
+        table = text.class_embeddings(t.encoder, model_path=t.model_path or None,
+                                      bpe_path=t.bpe_path or None, **kwargs)
+        info["used"] = t.encoder
+    except text.EncoderUnavailable as e:
+        if not t.fallback:
+            raise
+        info["used"] = t.fallback
+        info["note"] = (f"{t.encoder} weights unavailable ({e}); using the {t.fallback} text encoder "
+                        f"instead (config.text.fallback)")
+        log.warning("TEXT ENCODER: %s", info["note"])
+        table = text.class_embeddings(t.fallback, **kwargs)
+    return table, info
+
+
+def build_model(config, table):
+    m = config.model
+    if m.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
+    return models.PPT(
+        conditions=tuple(m.conditions), channels=tuple(m.channels), layers=tuple(m.layers),
+        base_channels=m.base_channels, context_channels=m.context_channels, adapter=m.adapter,
+        norm_decouple=m.norm_decouple, norm_adaptive=m.norm_adaptive, zero_init=m.zero_init,
+        bn_group_size=m.bn_group_size, head=m.head, text_table=table, s3dis_order=m.s3dis_order,
+        dtype=DTYPES[m.dtype])
+
+
+def hierarchy_spec(config, num_sites):
+    """Static capacities per level: num_sites x `config.sparse.level_fractions` (see sparse docs)."""
+    fr = tuple(config.sparse.level_fractions)
+    if len(fr) != 5 or fr[0] != 1:
+        raise ValueError(f"config.sparse.level_fractions needs 5 entries starting with 1, got {fr}")
+    caps = tuple(max(8, int(math.ceil(num_sites * f))) for f in fr)
+    return sparse.HierarchySpec(capacities=caps, search_method=config.sparse.search_method)
+
+
+def condition_map(config):
+    """Data condition (position in data.datasets) -> model condition (position in model.conditions).
+
+    The model's conditions may be a superset of the data's datasets (fine-tuning one dataset with a
+    jointly trained model): matched by name.
+    """
+    model_names = tuple(config.model.conditions)
+    missing = [n for n in config.data.datasets if n not in model_names]
+    if missing:
+        raise ValueError(f"config.data.datasets {missing} are not in config.model.conditions "
+                         f"{model_names}")
+    return np.array([model_names.index(n) for n in config.data.datasets], np.int32)
+
+
+@dataclasses.dataclass
+class Run:
+    config: Any
+    workdir: str
+    mesh: Any
+    model: Any
+    cond_map: np.ndarray
+    text_info: dict
+    synthetic: bool
+
+    @property
+    def conditions(self):
+        return tuple(self.config.model.conditions)
+
+    @property
+    def num_classes(self):
+        return max(labels.num_classes(n) for n in self.conditions)
+
+
+def init_variables(model, config, seed):
+    """Model variables from a one-row all-padding batch (shapes do not depend on the batch)."""
+    n = 64
+    spec = hierarchy_spec(config, n)
+    batch = {"feat": jnp.zeros((1, n, 6)), "grid_coord": jnp.zeros((1, n, 3), jnp.int32),
+             "mask": jnp.zeros((1, n), bool), "condition": jnp.zeros((1,), jnp.int32)}
+
+    @jax.jit
+    def init(key):
+        h = build_hierarchies(batch["grid_coord"], batch["mask"], spec)
+        return model.init(key, batch["feat"], h, batch["condition"], train=False)
+
+    return init(jax.random.key(seed))
+
+
+def new_state(variables, tx, seed, mesh):
+    params = variables["params"]
+    state = TrainState(step=jnp.int32(0), params=params,
+                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(seed + 1)))
+    return jax.device_put(state, replicated(mesh))
+
+
+def total_steps(config, process_count):
+    from ppt_jax import data
+    if config.train.steps > 0:
+        return int(config.train.steps)
+    return int(config.train.epochs * data.steps_per_epoch(config.data, process_count))
+
+
