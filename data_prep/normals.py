@@ -29,16 +29,21 @@ def pca_normals(coord, k=16, toward=None, chunk=100_000):
     """
     c = np.asarray(coord, np.float64)
     k = min(k, len(c))
-    tree = cKDTree(c)
     if toward is None:
         toward = (c.min(0) + c.max(0)) / 2
+    cell = np.floor((c - c.min(0)) / 0.1).astype(np.int64)
+    order = np.lexsort(cell.T[::-1])  # spatially sorted queries: ~3x faster (cache locality)
+    c = c[order]
+    tree = cKDTree(c)
     out = np.empty_like(c)
     for start in range(0, len(c), chunk):  # bounds memory at chunk * k * 3 doubles
         part = c[start:start + chunk]
-        nbr = tree.query(part, k=k)[1].reshape(len(part), k)
-        local = c[nbr] - c[nbr].mean(axis=1, keepdims=True)
-        normal = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))[1][:, :, 0]
+        near = c[tree.query(part, k=k)[1].reshape(len(part), k)]
+        local = near - near.mean(axis=1, keepdims=True)
+        normal = np.linalg.eigh(local.transpose(0, 2, 1) @ local)[1][:, :, 0]
         flip = np.einsum("ni,ni->n", normal, toward - part) < 0
         normal[flip] *= -1
         out[start:start + chunk] = normal
-    return out.astype(np.float32)
+    result = np.empty_like(out)
+    result[order] = out
+    return result.astype(np.float32)
