@@ -5,7 +5,8 @@
 1. Preprocessing: `data_prep.synthetic.generate` with one worker (= one core): scenes/s and raw
    points/s.
 2. Per-transform profile of the training augmentation on one scene of each domain (one thread).
-3. Training pipeline (`ppt_jax.data.train_dataset`, batch 1, Mix3D 0.8 as the reference) with
+3. Evaluation: one val scene per domain through `eval_dataset` and `fragment_dataset`.
+4. Training pipeline (`ppt_jax.data.train_dataset`, batch 1, Mix3D 0.8 as the reference) with
    `num_parallel_calls=1` (one core) and AUTOTUNE (all cores): scenes/s and sites/s delivered.
 
 The target: a full-size train step (one 100k-site scene) takes ~7 s on a 2-core host; one pipeline
@@ -27,12 +28,13 @@ STEP_SECONDS = 7.0  # a full-size 1-scene train step on the 2-core host
 
 def _preprocess(out, scenes, density):
     start = time.perf_counter()
-    result = synthetic.generate(out, scenes=scenes, val_scenes=(0, 0, 0), density=density, workers=1,
+    result = synthetic.generate(out, scenes=scenes, val_scenes=(1, 1, 1), density=density, workers=1,
                                 scenes_per_shard=4, progress=False)
     seconds = time.perf_counter() - start
-    points = sum(s["train"].num_points for s in result.values())
-    sites = sum(s["train"].num_sites for s in result.values())
-    count = sum(s["train"].num_written for s in result.values())
+    summaries = [s for splits in result.values() for s in splits.values()]
+    points = sum(s.num_points for s in summaries)
+    sites = sum(s.num_sites for s in summaries)
+    count = sum(s.num_written for s in summaries)
     print(f"preprocessing (1 worker): {count} scenes, {points:,} points -> {sites:,} 1 cm sites in "
           f"{seconds:.1f} s: {count / seconds:.2f} scenes/s/core, {points / seconds:,.0f} points/s/core")
 
@@ -68,6 +70,24 @@ def _profile(cfg):
         print(f"  {name} ({len(scene['coord']):,} sites): " + ", ".join(parts))
 
 
+def _evaluate(cfg, out):
+    """Single-pass val rows and 13-view test fragments of one val scene per dataset (one thread)."""
+    cfg = cfg.copy_and_resolve_references()
+    cfg.num_parallel_calls = 1
+    for name in cfg.datasets:
+        split_dir = os.path.join(out, name, "val")
+        start = time.perf_counter()
+        points = sum(int((b["inverse"] >= 0).sum()) for b in pipeline.eval_dataset(split_dir, name,
+                                                                                   cfg))
+        val_s = time.perf_counter() - start
+        start = time.perf_counter()
+        rows = sum(int(b["mask"].any(1).sum()) for scene in pipeline.fragment_dataset(
+            split_dir, name, cfg) for b in scene["batches"])
+        test_s = time.perf_counter() - start
+        print(f"  {name}: val row of {points:,} points in {val_s:.2f} s; test: {rows} fragment rows "
+              f"(13 views) in {test_s:.2f} s")
+
+
 def _train(cfg, steps, parallel):
     cfg = cfg.copy_and_resolve_references()
     cfg.num_parallel_calls = parallel
@@ -99,6 +119,10 @@ def main():
         cfg.num_sites = args.num_sites
         cfg.ratios = (1, 1, 1)
         _profile(cfg)
+        cfg.eval_num_sites = 1 << 19
+        cfg.eval_num_points = 1 << 21
+        print("evaluation pipelines (one thread):")
+        _evaluate(cfg, out)
         for parallel, used in ((1, 1), (-1, cores)):
             rows, sites, reads = _train(cfg, args.steps, parallel)
             print(f"train pipeline, num_parallel_calls={parallel} ({used} core(s)): {rows:.2f} rows/s "

@@ -204,21 +204,24 @@ def align_grid(cloud, multiple):
     return {**cloud, "grid_coord": cloud["grid_coord"] - (lo // multiple) * multiple}
 
 
-def pad_row(cloud, num_sites):
-    """Cloud with `grid_coord` -> fixed-size (grid_coord, mask, feat, segment) with padding."""
+def fill_row(cloud, grid, mask, feat, segment):
+    """Write a cloud with `grid_coord` into the first rows of preset padded row arrays (N, ...)."""
     n = len(cloud["coord"])
-    if n > num_sites:
-        raise ValueError(f"row has {n} sites > budget {num_sites}")
-    grid = np.zeros((num_sites, 3), np.int32)
+    if n > len(mask):
+        raise ValueError(f"row has {n} sites > budget {len(mask)}")
     grid[:n] = cloud["grid_coord"]
-    mask = np.zeros(num_sites, bool)
     mask[:n] = True
-    feat = np.zeros((num_sites, 6), np.float32)
     feat[:n, :3] = cloud["color"] / 255.0  # NormalizeColor
     feat[:n, 3:] = cloud["normal"]
-    segment = np.full(num_sites, -1, np.int32)
     segment[:n] = cloud["segment"]
-    return grid, mask, feat, segment
+
+
+def pad_row(cloud, num_sites):
+    """Cloud with `grid_coord` -> fixed-size (grid_coord, mask, feat, segment) with padding."""
+    row = (np.zeros((num_sites, 3), np.int32), np.zeros(num_sites, bool),
+           np.zeros((num_sites, 6), np.float32), np.full(num_sites, -1, np.int32))
+    fill_row(cloud, *row)
+    return row
 
 
 def _pad_points(values, size, what):
@@ -446,8 +449,8 @@ def scene_fragments(scene, cfg, condition, where="scene"):
     for cloud in _fragment_rows(scene, cfg, where):
         if r == 0:
             batch = _empty_batch(size, num_sites, condition)
-        batch["grid_coord"][r], batch["mask"][r], batch["feat"][r], batch["segment"][r] = pad_row(
-            cloud, num_sites)
+        fill_row(cloud, batch["grid_coord"][r], batch["mask"][r], batch["feat"][r],
+                 batch["segment"][r])
         batch["index"][r, :len(cloud["site"])] = cloud["site"]
         r = (r + 1) % size
         if r == 0:
