@@ -128,7 +128,7 @@ def main():
             "Structured3D": make_structured3d(os.makedirs(os.path.join(tmp, "s3d")) or os.path.join(tmp, "s3d"),
                                               rng, shape(args.pano), args.frames, shape(args.frame)),
         }
-        print(f"{'dataset':<13}{'input px/pts':>13}{'points':>10}{'sites':>9}{'load s':>8}{'voxel s':>9}"
+        print(f"{'dataset':<13}{'input px/pts':>13}{'points':>11}{'sites':>11}{'load s':>8}{'voxel s':>9}"
               f"{'encode s':>9}{'total s':>9}{'points/s/core':>15}")
         for name, (load_fn, sid, size) in cases.items():
             raw, t_load = _time(lambda: load_fn(sid), args.repeat)
@@ -137,7 +137,7 @@ def main():
                              args.repeat)
             total = t_load + t_vox + t_enc
             num = len(raw["coord"])
-            print(f"{name:<13}{size:>13,}{num:>10,}{len(vox['coord']):>9,}{t_load:>8.2f}{t_vox:>9.2f}"
+            print(f"{name:<13}{size:>13,}{num:>11,}{len(vox['coord']):>11,}{t_load:>8.2f}{t_vox:>9.2f}"
                   f"{t_enc:>9.2f}{total:>9.2f}{num / total:>15,.0f}")
 
 

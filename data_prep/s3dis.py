@@ -119,7 +119,8 @@ def main(argv=None):
         angles = {f"{area}/{room}": angle for room, angle in read_rooms(args.raw, area)}
         load = functools.partial(load_room, raw=args.raw, angles=angles, align_angle=args.align_angle)
         summaries.append(writer.write_split(args.out, labels.S3DIS, area, list(angles), load,
-                                            keep_full_res=True, **cli.writer_kwargs(args)))
+                                            keep_full_res=True, manifest_extra={"align_angle": args.align_angle},
+                                            **cli.writer_kwargs(args)))
     return cli.report(summaries)
 
 

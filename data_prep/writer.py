@@ -248,7 +248,9 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
     error messages, "notes" lists repairs made to the input, kept in the manifest) must be picklable
     (a module-level function or functools.partial) when workers > 1.
     `label_names` default to `labels.CLASS_NAMES[dataset]`; `manifest_extra` is merged into the manifest
-    (e.g. {"synthetic": True}). Scenes whose load_fn raises SceneError, or that fail validation, are
+    (e.g. {"synthetic": True}) and, like every setting here, into the fingerprint that decides whether
+    a finished shard can be reused (the raw data cannot be fingerprinted: use `overwrite` when it
+    changes). Scenes whose load_fn raises SceneError, or that fail validation, are
     skipped and listed in the summary and the manifest; any other exception propagates.
     """
     start = time.time()
@@ -277,7 +279,8 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
         os.remove(manifest_path)
     settings = {"schema_version": schema.SCHEMA_VERSION, "dataset": dataset, "split": split,
                 "grid_size": grid_size, "keep_full_res": keep_full_res, "label_names": list(label_names)}
-    fingerprints = [json.dumps({**settings, "scenes": g}, sort_keys=True) for g in groups]
+    fingerprints = [json.dumps({**settings, "extra": manifest_extra or {}, "scenes": g}, sort_keys=True)
+                    for g in groups]
 
     records = [None if overwrite else _finished(split_dir, n, f) for n, f in zip(names, fingerprints)]
     todo = [i for i, r in enumerate(records) if r is None]

@@ -87,6 +87,7 @@ def test_cli_repairs_skips_and_shards(raw, tmp_path, capsys):
 
     manifest, scenes = read_split(os.path.join(out, "Area_1"))
     assert sorted(scenes) == ["Area_1/office_1"] and manifest["dataset"] == "S3DIS"
+    assert manifest["align_angle"] is True
     assert {s["scene"] for s in manifest["skipped"]} == {"Area_1/hallway_1", "Area_1/WC_1"}
     office = scenes["Area_1/office_1"]
     assert len(office["coord"]) == 2 * len(GRID) + 2 and len(office["inverse"]) == 2 * len(GRID) + 3

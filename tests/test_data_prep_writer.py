@@ -202,6 +202,10 @@ def test_changed_settings_and_damaged_shards_are_rewritten(tmp_path):
     assert write(tmp_path).shards_reused == 2
     assert not os.path.exists(split_dir / "shard-00002-of-00003.tfrecord.tmp")
     assert write(tmp_path, grid_size=0.02).shards_reused == 0  # settings are part of the fingerprint
+    assert write(tmp_path, grid_size=0.02, manifest_extra={"align_angle": True}).shards_reused == 0
+    summary = write(tmp_path, grid_size=0.02, manifest_extra={"align_angle": True})
+    assert summary.shards_reused == 3
+    assert schema.read_manifest(str(split_dir))["align_angle"] is True
     summary = write(tmp_path, scenes_per_shard=4)
     assert summary.num_shards == 2 and list(shard_bytes(split_dir)) == [
         "shard-00000-of-00002.tfrecord", "shard-00001-of-00002.tfrecord"]
