@@ -305,6 +305,14 @@ def test_multi_host_iterators_read_disjoint_scenes(splits):
     assert not np.array_equal(batches[0]["feat"], batches[1]["feat"])
 
 
+def test_eval_host_split_is_lockstep_and_complete():
+    for num, batch, hosts in [(7, 2, 3), (4, 4, 2), (1, 1, 2)]:
+        parts = [pipeline._host_positions(num, batch, h, hosts) for h in range(hosts)]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) % batch == 0
+        real = np.concatenate([p[p >= 0] for p in parts])
+        assert sorted(real) == list(range(num))
+
+
 @pytest.fixture(scope="module")
 def val_split(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("val"))
