@@ -117,17 +117,29 @@ def test_panorama_matches_closed_form(raw):
     np.testing.assert_array_equal(semantic, semantic_image(PANO_HW)[keep])
 
 
-def test_perspective_matches_closed_form(raw):
-    coord, color, normal, _ = s3d.perspective_view(
-        s3d.archive(raw), "Structured3D/scene_00000/2D_rendering/10/perspective/full/0")
-    keep = kept_pixels(FRAME_HW)
+_TILTED = np.array([0.6, 0.7, -0.2]) / np.linalg.norm([0.6, 0.7, -0.2])
+
+
+@pytest.mark.parametrize("front,up", [((1, 0, 0), (0, 0, 1)),  # looking along +X, +Z up
+                                      (_TILTED, np.cross(np.cross(_TILTED, [0, 0, 1]), _TILTED)
+                                       / np.linalg.norm(np.cross(np.cross(_TILTED, [0, 0, 1]), _TILTED)))])
+def test_perspective_matches_closed_form(tmp_path, front, up):
+    folder = "Structured3D/scene_00000/2D_rendering/1/perspective/full/0"
+    pose = " ".join(map(str, [*CAM, *front, *up, FOV, 0.8 * FOV, 1]))
+    write_zip(tmp_path / "p.zip", view_files(folder, FRAME_HW, 2000, (f"{folder}/camera_pose.txt", pose)))
+    coord, color, normal, _ = s3d.perspective_view(s3d.Archive(str(tmp_path)), folder)
+    keep = kept_pixels(FRAME_HW)  # a fronto-parallel plane: only the filter's fixed exclusions
     v, u = np.nonzero(keep)
-    (h, w), d, (x, y, z) = FRAME_HW, 2000.0, CAM
-    kx, ky = (w / 2) / np.tan(FOV), (h / 2) / np.tan(FOV)
-    # looking along +X with +Z up: image right is -Y, image down is -Z (the reference's frame: x<->y)
-    expect = np.stack([y - (u - w / 2) * d / kx, np.full(len(u), x + d), z - (v - h / 2) * d / ky], 1) / 1000
-    np.testing.assert_allclose(coord @ s3d._YZ_SWAP, expect, atol=1e-9)
-    np.testing.assert_allclose(normal @ s3d._YZ_SWAP, np.broadcast_to([0, -1, 0], expect.shape), atol=1e-9)
+    (h, w), d = FRAME_HW, 2000.0
+    right_px = (u - w / 2) * d / ((w / 2) / np.tan(FOV))
+    down_px = (v - h / 2) * d / ((h / 2) / np.tan(0.8 * FOV))
+    # Structured3D world point: camera + depth * front + right * (front x up) - down * up; the reference's
+    # output frame then swaps x and y (z stays up)
+    world = CAM + d * np.asarray(front) + right_px[:, None] * np.cross(front, up) - down_px[:, None] * np.asarray(up)
+    swap_xy = [1, 0, 2]
+    np.testing.assert_allclose(coord @ s3d._YZ_SWAP, world[:, swap_xy] / 1000, atol=1e-9)
+    facing = -np.asarray(front, np.float64)[swap_xy]  # the plane's normal faces the camera
+    np.testing.assert_allclose(normal @ s3d._YZ_SWAP, np.broadcast_to(facing, coord.shape), atol=1e-9)
     np.testing.assert_array_equal(color[:, :2], np.stack([v, u], 1))
 
 
