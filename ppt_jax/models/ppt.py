@@ -1,0 +1,103 @@
+"""PPT: learnable dataset prompts + SpUNet-v1m3 (PDNorm) + a categorical-alignment head (spec §1).
+
+I/O contract: docs/design.md §4. `conditions` is the dataset-name tuple of the config (the same
+order as `config.data.datasets`); `condition` (B,) indexes it for the prompt table, the per-dataset
+BatchNorms and the head. The reference's two condition orders only matter when importing its
+weights (`pointcept_import`).
+
+Parameter groups (for the optimizer's 0.1x prompt learning rate): every parameter whose path
+contains "prompt" (the prompt table `prompt_table`, the "add"/"cross_attention" adapters
+`prompt_add_*` / `prompt_attention_*`) or "modulation" (the PDNorm modulation Dense layers);
+`prompt_param_mask` returns that mask.
+"""
+
+from typing import Any, Optional
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax import traverse_util
+
+from ppt_jax.models import heads
+from ppt_jax.models.spunet import SpUNet
+
+PROMPT_KEYWORDS = ("prompt", "modulation")
+
+
+class PPT(nn.Module):
+    """feat (B, N, C_in), batched sparse.Hierarchy, condition (B,) -> logits (B, N, K) float32."""
+    conditions: tuple
+    channels: tuple = (32, 64, 128, 256, 256, 128, 96, 96)
+    layers: tuple = (2, 3, 4, 6, 2, 2, 2, 2)
+    base_channels: int = 32
+    context_channels: int = 256
+    adapter: str = "pdnorm"
+    norm_decouple: bool = True
+    norm_adaptive: bool = True
+    zero_init: bool = False
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    bn_group_size: int = 0
+    attention_tokens: int = 8
+    head: str = "language"
+    text_table: Optional[Any] = None     # (36, D) numpy, unit rows; required by the language head
+    s3dis_order: str = "intended"
+    logit_scale: float = 100.0
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        # A tuple copy keeps the module hashable (usable as a static jit argument).
+        if self.text_table is not None and not isinstance(self.text_table, tuple):
+            table = np.asarray(self.text_table, np.float32)
+            object.__setattr__(self, "text_table", tuple(map(tuple, table.tolist())))
+        super().__post_init__()
+
+    @property
+    def class_mask(self):
+        """(num_datasets, K) bool numpy: which logit columns exist for each dataset."""
+        return heads.class_mask(self.conditions)
+
+    def setup(self):
+        if self.adapter != "none":
+            self.prompt_table = self.param("prompt_table", nn.initializers.normal(1.0),
+                                           (len(self.conditions), self.context_channels),
+                                           jnp.float32)
+        self.backbone = SpUNet(len(self.conditions), self.channels, self.layers,
+                               self.base_channels, self.adapter, self.norm_decouple,
+                               self.norm_adaptive, self.zero_init, self.bn_momentum,
+                               self.bn_epsilon, self.bn_group_size, self.attention_tokens,
+                               self.dtype)
+        self.seg_head = self._make_head()
+
+    def _make_head(self):
+        if self.head == "language":
+            if self.text_table is None:
+                raise ValueError("model.head='language' needs the text table (ppt_jax.text."
+                                 "class_embeddings) passed as PPT(text_table=...)")
+            return heads.LanguageHead(self.conditions, self.text_table, self.s3dis_order,
+                                      self.logit_scale)
+        if self.head == "decoupled":
+            return heads.DecoupledHead(self.conditions)
+        if self.head == "unionized":
+            return heads.UnionHead(self.conditions, self.s3dis_order)
+        raise ValueError(f"model.head must be one of {heads.HEADS}, got {self.head!r}")
+
+    def __call__(self, feat, hierarchy, condition, train: bool = False):
+        return self.seg_head(self.features(feat, hierarchy, condition, train), condition)
+
+    def features(self, feat, hierarchy, condition, train: bool = False):
+        """Backbone features (B, N, channels[-1]) float32: PPT's `backbone_mode`."""
+        context = None if self.adapter == "none" else self.prompt_table[condition]
+        return self.backbone(feat, hierarchy, condition, context, train)
+
+
+def prompt_param_mask(params):
+    """Pytree of bools like `params`: True where the path names a prompt or modulation parameter."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict(
+        {path: any(word in part for part in path for word in PROMPT_KEYWORDS) for path in flat})
+
+
+def count_params(params):
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,165 @@
+"""SpUNet-v1m3 (spec §3): the reference's sparse U-Net with a norm after every conv.
+
+Module names mirror the reference's state-dict keys (conv_input, down_s, enc_s/block_i, up_s,
+dec_s/block_i; conv/bn inside the conv-norm-ReLU units; conv1/bn1/conv2/bn2/proj_conv/proj_norm
+inside BasicBlocks) so that `pointcept_import` is a readable key mapping.
+
+Sparse convs run per sample through `ppt_jax.sparse` (vmapped over the batch); kernels are float32
+params, cast to the compute dtype; norms keep float32 statistics. Stage s of the encoder lives at
+hierarchy level s+1, decoder stage s at level s; the stem and the output at level 0.
+"""
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from ppt_jax import sparse
+from ppt_jax.models import inits
+from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
+from ppt_jax.models.norm import PDNorm
+
+ADAPTERS = ("pdnorm", "add", "cross_attention", "none")
+
+
+class SparseConv(nn.Module):
+    """One bias-free sparse conv; kernel (taps, C_in, C_out) as design.md §2."""
+    features: int
+    kind: str            # "subm" | "down" | "up"
+    level: int           # the input level for subm/down, the output level for up
+    kernel_size: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, hierarchy):
+        cin = x.shape[-1]
+        if self.kind == "subm":
+            taps, init = self.kernel_size ** 3, inits.trunc_normal(0.02)
+        else:
+            taps, init = 8, inits.spconv_strided(cin)
+        w = self.param("kernel", init, (taps, cin, self.features), jnp.float32).astype(self.dtype)
+        x = jnp.asarray(x, self.dtype)
+        fn = getattr(sparse, f"{self.kind}_conv")          # subm_conv | down_conv | up_conv
+        return jax.vmap(lambda xi, hi: fn(xi, hi, self.level, w))(x, hierarchy)
+
+
+class Unit(nn.Module):
+    """Conv -> norm -> ReLU (the reference's stem, down and up units)."""
+    features: int
+    kind: str
+    level: int
+    norm: Any
+    kernel_size: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, hierarchy, condition, context, train):
+        x = SparseConv(self.features, self.kind, self.level, self.kernel_size, self.dtype,
+                       name="conv")(x, hierarchy)
+        out_level = self.level + 1 if self.kind == "down" else self.level
+        x = self.norm(name="bn")(x, hierarchy.masks[out_level], condition, context, train)
+        return nn.relu(x)
+
+
+class BasicBlock(nn.Module):
+    """Two subm 3x3x3 convs with norms + residual (1x1x1 conv + norm when the width changes)."""
+    features: int
+    level: int
+    norm: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, hierarchy, condition, context, train):
+        mask = hierarchy.masks[self.level]
+        conv = lambda k, name: SparseConv(self.features, "subm", self.level, k, self.dtype, name=name)
+        h = conv(3, "conv1")(x, hierarchy)
+        h = nn.relu(self.norm(name="bn1")(h, mask, condition, context, train))
+        h = conv(3, "conv2")(h, hierarchy)
+        h = self.norm(name="bn2")(h, mask, condition, context, train)
+        if x.shape[-1] != self.features:
+            x = conv(1, "proj_conv")(x, hierarchy)
+            x = self.norm(name="proj_norm")(x, mask, condition, context, train)
+        return nn.relu(h + x.astype(h.dtype))
+
+
+class Stage(nn.Module):
+    """`depth` BasicBlocks at one level (the reference's enc[s] / dec[s])."""
+    features: int
+    depth: int
+    level: int
+    norm: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, hierarchy, condition, context, train):
+        for i in range(self.depth):
+            x = BasicBlock(self.features, self.level, self.norm, self.dtype,
+                           name=f"block{i}")(x, hierarchy, condition, context, train)
+        return x
+
+
+class SpUNet(nn.Module):
+    """SpUNet-v1m3: feat (B, N0, C_in) -> per-site features (B, N0, channels[-1]) float32.
+
+    channels/layers: 4 encoder then 4 decoder stages (reference 32,64,128,256,256,128,96,96 and
+    2,3,4,6,2,2,2,2). adapter: "pdnorm" (PDNorm, adaptive per `norm_adaptive`), "add" or
+    "cross_attention" (PDNorm without modulation + a prompt adapter after every stage), "none"
+    (one shared BatchNorm, no prompt: the naive joint-training baseline).
+    """
+    num_conditions: int
+    channels: tuple = (32, 64, 128, 256, 256, 128, 96, 96)
+    layers: tuple = (2, 3, 4, 6, 2, 2, 2, 2)
+    base_channels: int = 32
+    adapter: str = "pdnorm"
+    norm_decouple: bool = True
+    norm_adaptive: bool = True
+    zero_init: bool = False
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    bn_group_size: int = 0
+    attention_tokens: int = 8
+    dtype: Any = jnp.float32
+
+    def _norm(self):
+        prompt_norm = self.adapter == "pdnorm" and self.norm_adaptive
+        return functools.partial(
+            PDNorm, num_conditions=self.num_conditions,
+            decouple=self.norm_decouple and self.adapter != "none",
+            adaptive=prompt_norm, zero_init=self.zero_init, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, group_size=self.bn_group_size)
+
+    def _adapt(self, x, context, name):
+        if self.adapter == "add":
+            return PromptAdd(self.zero_init, name=f"prompt_add_{name}")(x, context)
+        if self.adapter == "cross_attention":
+            return PromptCrossAttention(self.zero_init, self.attention_tokens,
+                                        name=f"prompt_attention_{name}")(x, context)
+        return x
+
+    @nn.compact
+    def __call__(self, feat, hierarchy, condition, context: Optional[jax.Array], train: bool):
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"model.adapter must be one of {ADAPTERS}, got {self.adapter!r}")
+        if len(self.channels) != 8 or len(self.layers) != 8:
+            raise ValueError(f"model.channels and model.layers need 8 entries (4 encoder + 4 decoder "
+                             f"stages), got {self.channels} and {self.layers}")
+        norm, dt = self._norm(), self.dtype
+        args = (hierarchy, condition, context, train)
+        x = Unit(self.base_channels, "subm", 0, norm, 5, dt, name="conv_input")(feat, *args)
+        x = self._adapt(x, context, "stem")
+        skips = [x]
+        for s in range(4):
+            x = Unit(self.channels[s], "down", s, norm, dtype=dt, name=f"down_{s}")(x, *args)
+            x = Stage(self.channels[s], self.layers[s], s + 1, norm, dt, name=f"enc_{s}")(x, *args)
+            x = self._adapt(x, context, f"enc_{s}")
+            skips.append(x)
+        x = skips.pop()
+        for s in reversed(range(4)):
+            width = self.channels[7 - s]
+            x = Unit(width, "up", s, norm, dtype=dt, name=f"up_{s}")(x, *args)
+            x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
+            x = Stage(width, self.layers[7 - s], s, norm, dt, name=f"dec_{s}")(x, *args)
+            x = self._adapt(x, context, f"dec_{s}")
+        return jnp.where(hierarchy.masks[0][..., None], x.astype(jnp.float32), 0.0)

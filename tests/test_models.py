@@ -1,0 +1,320 @@
+"""PPT model: PDNorm statistics vs float64 numpy, padding invariance, per-dataset BN updates,
+zero-init identity, heads/masks per dataset, hand-computed language-guided loss, full-size count."""
+
+import functools
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ppt_jax import labels, models, sparse
+from ppt_jax.models import heads
+from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
+from ppt_jax.models.norm import PDNorm
+
+DATASETS = labels.DATASETS                       # ScanNet 20, S3DIS 13, Structured3D 25 classes
+SMALL = dict(channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1), base_channels=8,
+             context_channels=16)
+
+
+def unit_rows(rng, n, d):
+    t = rng.normal(size=(n, d))
+    return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
+
+
+def scenes(rng, sizes, capacity, box=7):
+    """Batch of random voxel sets (unique coords per sample), padded to `capacity` sites."""
+    b = len(sizes)
+    coords = np.zeros((b, capacity, 3), np.int32)
+    mask = np.zeros((b, capacity), bool)
+    feat = np.zeros((b, capacity, 6), np.float32)
+    for i, n in enumerate(sizes):
+        flat = np.sort(rng.choice(box ** 3, n, replace=False))
+        coords[i, :n] = np.stack(np.unravel_index(flat, (box,) * 3), -1)
+        mask[i, :n] = True
+        feat[i, :n] = rng.normal(size=(n, 6))
+    return coords, mask, feat
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def build(coords, mask, capacity):
+    spec = sparse.HierarchySpec(capacities=(capacity,) * 5)
+    return jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec))(coords, mask)
+
+
+def small_ppt(text_dim=16, **kw):
+    rng = np.random.default_rng(0)
+    return models.PPT(DATASETS, **{**SMALL, **kw}, text_table=unit_rows(rng, 36, text_dim))
+
+
+def filled_variables(model, feat, h, cond, seed=0):
+    """Random variables of the model's shapes without compiling its init (XLA CPU compiles every
+    random op separately, ~0.15 s each); the model's own init is tested in test_init_matches_reference."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), feat, h, cond)
+    fill = {"scale": np.ones, "var": np.ones, "mean": np.zeros}
+    return jax.tree_util.tree_map_with_path(
+        lambda p, s: fill.get(p[-1].key, lambda shape: 0.2 * rng.normal(size=shape))(s.shape)
+        .astype(np.float32), shapes)
+
+
+@pytest.fixture(scope="module")
+def small_batch():
+    """A padded, mixed-dataset batch and the small model's own (jit-compiled, once) init."""
+    rng = np.random.default_rng(6)
+    coords, mask, feat = scenes(rng, [40, 23], 48)
+    h = build(coords, mask, 48)
+    cond = np.array([0, 2])
+    model = small_ppt()
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), feat, h, cond)
+    return model, v, (coords, mask, feat, h, cond)
+
+
+# ---------------------------------------------------------------- PDNorm vs float64 numpy
+
+def numpy_pdnorm(x, mask, cond, params, ctx, group, eps=1e-3):
+    """Reference: per (group, condition) masked biased stats, row's own affine, then modulation."""
+    x = x.astype(np.float64)
+    out = np.zeros_like(x)
+    b = len(x)
+    g = group or b
+    for row in range(b):
+        rows = [r for r in range(row // g * g, row // g * g + g) if cond[r] == cond[row]]
+        sites = np.concatenate([x[r][mask[r]] for r in rows])
+        mean, var = sites.mean(0), sites.var(0)
+        y = (x[row] - mean) / np.sqrt(var + eps) * params["scale"][cond[row]] + params["bias"][cond[row]]
+        z = ctx[row] / (1 + np.exp(-ctx[row]))                    # SiLU
+        mod = z @ np.asarray(params["modulation"]["kernel"], np.float64) + params["modulation"]["bias"]
+        c = x.shape[-1]
+        out[row] = y * (1 + mod[c:]) + mod[:c]
+    return out
+
+
+@pytest.mark.parametrize("group", [0, 2])
+def test_pdnorm_matches_numpy_mixed_batch(group):
+    rng = np.random.default_rng(1)
+    b, n, c = 4, 12, 5
+    x = (rng.normal(size=(b, n, c)) * 3 + 2).astype(np.float32)
+    mask = rng.random((b, n)) < 0.7
+    mask[:, 0] = True
+    x[~mask] = 1e3                                   # padding garbage must not enter the stats
+    cond = np.array([0, 1, 0, 2])
+    ctx = rng.normal(size=(b, 16)).astype(np.float32)
+    norm = PDNorm(num_conditions=3, group_size=group)
+    variables = norm.init(jax.random.PRNGKey(0), x, mask, cond, ctx, train=False)
+    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    params["scale"] = rng.normal(size=(3, c)).astype(np.float32)
+    params["bias"] = rng.normal(size=(3, c)).astype(np.float32)
+    variables = {"params": params, "batch_stats": variables["batch_stats"]}
+    y, upd = norm.apply(variables, x, mask, cond, ctx, train=True, mutable=["batch_stats"])
+    want = numpy_pdnorm(x, mask, cond, params, ctx, group)
+    np.testing.assert_allclose(np.asarray(y)[mask], want[mask], rtol=1e-4, atol=1e-4)
+    # Running stats: pooled over the whole batch per condition, torch momentum 0.01, unbiased var.
+    for d in range(3):
+        sites = np.concatenate([x[r][mask[r]] for r in range(b) if cond[r] == d]).astype(np.float64)
+        np.testing.assert_allclose(upd["batch_stats"]["mean"][d], 0.01 * sites.mean(0), rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(upd["batch_stats"]["var"][d], 0.99 + 0.01 * sites.var(0, ddof=1),
+                                   rtol=1e-4)
+
+
+def test_pdnorm_only_present_conditions_update():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 10, 4)).astype(np.float32)
+    mask = np.ones((2, 10), bool)
+    ctx = rng.normal(size=(2, 16)).astype(np.float32)
+    norm = PDNorm(num_conditions=3)
+    v = norm.init(jax.random.PRNGKey(0), x, mask, np.array([1, 1]), ctx, train=False)
+    for cond, moved in (([1, 1], {1}), ([0, 2], {0, 2})):
+        _, upd = norm.apply(v, x, mask, np.array(cond), ctx, train=True, mutable=["batch_stats"])
+        for d in range(3):
+            changed = not np.array_equal(upd["batch_stats"]["mean"][d], v["batch_stats"]["mean"][d])
+            assert changed == (d in moved), (cond, d)
+
+
+def test_zero_init_is_identity():
+    """zero_init: the modulation and the add/cross-attention adapters are the identity at init."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 9, 6)).astype(np.float32)
+    mask = np.ones((2, 9), bool)
+    cond, ctx = np.array([0, 2]), rng.normal(size=(2, 16)).astype(np.float32)
+    key = jax.random.PRNGKey(0)
+    plain = PDNorm(num_conditions=3, adaptive=False)
+    want = plain.apply(plain.init(key, x, mask, cond, ctx, False), x, mask, cond, ctx, False)
+    for zero_init in (True, False):
+        norm = PDNorm(num_conditions=3, zero_init=zero_init)
+        got = norm.apply(norm.init(key, x, mask, cond, ctx, False), x, mask, cond, ctx, False)
+        assert np.allclose(got, want) == zero_init
+    for adapter in (PromptAdd(zero_init=True), PromptCrossAttention(zero_init=True, tokens=3)):
+        got = adapter.apply(adapter.init(key, x, ctx), x, ctx)
+        np.testing.assert_array_equal(got, x)
+
+
+# ---------------------------------------------------------------- heads and loss
+
+def test_heads_shapes_masks_and_union_columns():
+    rng = np.random.default_rng(4)
+    feat = rng.normal(size=(3, 7, 12)).astype(np.float32)
+    cond = np.array([2, 0, 1])                       # Structured3D, ScanNet, S3DIS in one batch
+    mask = heads.class_mask(DATASETS)
+    assert mask.shape == (3, 25) and mask.sum(1).tolist() == [20, 13, 25]
+    text = unit_rows(rng, 36, 10)
+    union_vars = None
+    for head in (heads.DecoupledHead(DATASETS), heads.UnionHead(DATASETS),
+                 heads.LanguageHead(DATASETS, text)):
+        v = head.init(jax.random.PRNGKey(0), feat, cond)
+        union_vars = v if isinstance(head, heads.UnionHead) else union_vars
+        logits = head.apply(v, feat, cond)
+        assert logits.shape == (3, 7, 25) and logits.dtype == jnp.float32
+        for b, d in enumerate(cond):
+            assert np.all(logits[b][:, ~mask[d]] == heads.MASKED)
+            assert np.all(np.abs(logits[b][:, mask[d]]) < 1e3)
+    # The union head shows each sample exactly its dataset's union columns, in label order.
+    for order in ("intended", "code_faithful"):
+        logits = heads.UnionHead(DATASETS, order).apply(union_vars, feat, cond)
+        full = feat @ union_vars["params"]["kernel"] + union_vars["params"]["bias"]
+        s3 = list(labels.valid_index("S3DIS", order))
+        np.testing.assert_allclose(logits[2][:, :13], full[2][:, s3], rtol=1e-5, atol=1e-5)
+    assert labels.valid_index("S3DIS")[0] == labels.UNION_NAMES.index("ceiling")
+
+
+def test_language_loss_hand_computed():
+    """Tiny case in float64 numpy: Dense -> L2 norm -> 100 x cosine vs the S3DIS text rows -> CE."""
+    rng = np.random.default_rng(5)
+    feat = rng.normal(size=(1, 4, 3)).astype(np.float32)
+    segment = np.array([[0, 12, -1, 5]])            # ceiling, clutter, ignored, window
+    text = unit_rows(rng, 36, 4)
+    cond = np.array([1])                             # S3DIS
+    head = heads.LanguageHead(DATASETS, text)
+    v = head.init(jax.random.PRNGKey(0), feat, cond)
+    loss = heads.segmentation_loss(head.apply(v, feat, cond), segment)
+    w, b = (np.asarray(v["params"]["proj_head"][k], np.float64) for k in ("kernel", "bias"))
+    z = feat[0].astype(np.float64) @ w + b
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    rows = [labels.UNION_NAMES.index(n) for n in labels.CLASS_NAMES["S3DIS"]]   # intended order
+    logits = 100.0 * z @ text[rows].astype(np.float64).T                           # (4, 13)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    want = -np.mean([logp[i, segment[0, i]] for i in (0, 1, 3)])
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert heads.segmentation_loss(jnp.zeros((1, 2, 3)), np.full((1, 2), -1)) == 0.0
+
+
+# ---------------------------------------------------------------- the whole model
+
+def test_forward_backward_padded_mixed_batch(small_batch):
+    model, v, (coords, mask, feat, h, cond) = small_batch
+    rng = np.random.default_rng(6)
+    segment = np.where(mask, rng.integers(0, 13, mask.shape), -1)
+
+    def loss_fn(params):
+        logits, upd = model.apply({"params": params, "batch_stats": v["batch_stats"]}, feat, h,
+                                  cond, train=True, mutable=["batch_stats"])
+        return models.segmentation_loss(logits, segment), (logits, upd)
+
+    (loss, (logits, upd)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(v["params"])
+    assert logits.shape == (2, 48, 25) and np.isfinite(loss)
+    leaves = jax.tree_util.tree_leaves_with_path(grads)
+    assert all(np.all(np.isfinite(g)) for _, g in leaves)
+    dead = [jax.tree_util.keystr(p) for p, g in leaves if not np.any(g)]
+    assert not dead, dead                            # every parameter influences the loss
+    # Only the conditions present (0 and 2) moved their running statistics.
+    stats = upd["batch_stats"]["backbone"]["conv_input"]["bn"]["mean"]
+    assert np.any(stats[0]) and np.any(stats[2]) and not np.any(stats[1])
+
+
+def test_padding_does_not_change_real_sites(small_batch):
+    """Same scenes with more padding (and larger level capacities): identical logits at real sites,
+    in train mode (batch statistics) and eval mode (running statistics)."""
+    model, v, (coords, mask, feat, h, cond) = small_batch
+    pad = lambda a: np.concatenate([a, np.zeros((2, 24, *a.shape[2:]), a.dtype)], axis=1)
+    h2 = build(pad(coords), pad(mask), 72)
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    for train in (True, False):
+        run = lambda f, hh: apply(v, f, hh, cond, train=train, mutable=("batch_stats",))[0]
+        a, b = run(feat, h), run(pad(feat), h2)
+        np.testing.assert_allclose(np.asarray(b)[:, :48][mask], np.asarray(a)[mask], rtol=2e-4,
+                                   atol=2e-4)
+
+
+def test_adapters_heads_and_prompt_group(small_batch):
+    _, _, (coords, mask, feat, h, cond) = small_batch
+    for adapter, head in (("add", "decoupled"), ("cross_attention", "unionized"),
+                          ("none", "unionized")):
+        model = small_ppt(adapter=adapter, head=head)
+        v = filled_variables(model, feat, h, cond)
+        logits = jax.jit(model.apply)(v, feat, h, cond)
+        assert logits.shape == (2, 48, 25)
+        paths = [jax.tree_util.keystr(p) for p, _ in
+                 jax.tree_util.tree_leaves_with_path(v["params"])]
+        selected = [p for p, s in zip(paths, jax.tree_util.tree_leaves(
+            models.prompt_param_mask(v["params"]))) if s]
+        assert not any("modulation" in p for p in paths)          # prompts enter via the adapter
+        if adapter == "none":
+            assert not selected and v["batch_stats"]["backbone"]["conv_input"]["bn"]["mean"].shape[0] == 1
+        else:
+            assert "['prompt_table']" in selected
+            assert len([p for p in selected if "prompt_" + adapter.split("_")[-1] in p]) >= 9 * 2
+    for model, match in ((small_ppt(adapter="film"), "model.adapter"),
+                         (small_ppt(head="knn"), "model.head"),
+                         (models.PPT(DATASETS, **SMALL), "text table")):
+        with pytest.raises(ValueError, match=match):
+            jax.eval_shape(model.init, jax.random.PRNGKey(0), feat, h, cond)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_stats(small_batch):
+    model, v, (coords, mask, feat, h, cond) = small_batch
+    bf16 = small_ppt(dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), feat, h, cond)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes))
+    apply = lambda m: jax.jit(functools.partial(m.apply, train=True, mutable=["batch_stats"]))
+    a = apply(model)(v, feat, h, cond)[0]
+    b, upd = apply(bf16)(v, feat, h, cond)
+    assert b.dtype == jnp.float32
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(upd))
+    real = np.asarray(a)[mask][:, :20]
+    err = np.abs(np.asarray(b)[mask][:, :20] - real).max()
+    assert err < 0.1 * np.abs(real).max(), err
+
+
+def test_init_matches_reference(small_batch):
+    """spec §14: subm convs and Linear trunc_normal(0.02), strided/inverse U(+-1/sqrt(8 C_in)),
+    BN 1/0, prompts N(0,1), proj_head PyTorch default U(+-1/sqrt(96))."""
+    model, v, _ = small_batch
+    p, bb = v["params"], v["params"]["backbone"]
+    subm = np.concatenate([np.ravel(bb[f"enc_{s}"]["block0"][c]["kernel"])
+                           for s in range(4) for c in ("conv1", "conv2")])
+    assert abs(subm.std() - 0.02) < 0.002 and abs(subm.mean()) < 0.002
+    for unit in ("down_1", "up_2"):
+        w = np.asarray(bb[unit]["conv"]["kernel"])
+        bound = 1 / np.sqrt(8 * w.shape[1])
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
+    bn = bb["dec_0"]["block0"]["bn1"]
+    assert np.all(bn["scale"] == 1) and np.all(bn["bias"] == 0)
+    mod = np.asarray(bb["conv_input"]["bn"]["modulation"]["kernel"])
+    assert abs(mod.std() - 0.02) < 0.003 and np.all(bb["conv_input"]["bn"]["modulation"]["bias"] == 0)
+    assert 0.6 < np.asarray(p["prompt_table"]).std() < 1.4
+    proj = np.asarray(p["seg_head"]["proj_head"]["kernel"])
+    assert np.abs(proj).max() <= 1 / np.sqrt(8) and np.any(p["seg_head"]["proj_head"]["bias"])
+    assert np.all(v["batch_stats"]["backbone"]["up_0"]["bn"]["var"] == 1)
+
+
+def test_full_size_parameter_count():
+    """The reference's counts (spec §14): PPT-v1m1 43,648,704; SpUNet-v1m3 backbone 43,598,272."""
+    model = models.PPT(DATASETS, text_table=np.eye(36, 512, dtype=np.float32))
+    n = 64
+    shapes = (jax.ShapeDtypeStruct((1, n, 6), jnp.float32),
+              jax.ShapeDtypeStruct((1, n, 3), jnp.int32), jax.ShapeDtypeStruct((1, n), bool))
+
+    def init(feat, coords, mask):
+        return model.init(jax.random.PRNGKey(0), feat, build(coords, mask, n), jnp.zeros(1, jnp.int32))
+
+    v = jax.eval_shape(init, *shapes)
+    total, backbone = models.count_params(v["params"]), models.count_params(v["params"]["backbone"])
+    prompt = sum(x.size for x, sel in zip(jax.tree_util.tree_leaves(v["params"]),
+                                          jax.tree_util.tree_leaves(models.prompt_param_mask(v["params"])))
+                 if sel)
+    print(f"\nPPT trainable parameters: {total:,} (backbone {backbone:,}; prompt group {prompt:,})")
+    assert total == 43_648_704 and backbone == 43_598_272
+    assert prompt == 4_408_064 + 3 * 256              # 59 modulation Dense layers + prompt table
