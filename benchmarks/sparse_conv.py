@@ -25,7 +25,7 @@ VOXEL = 0.02
 
 def room_surface(n_sites=100_000, seed=0):
     """Voxel coords (n, 3) int32 of a room scan: floor, ceiling, 4 walls, axis-aligned and rotated boxes,
-    1 cm sensor noise; cropped to the n_sites voxels nearest a random point (Pointcept's SphereCrop)."""
+    3 mm sensor noise; cropped to the n_sites voxels nearest a random point (Pointcept's SphereCrop)."""
     rng = np.random.default_rng(seed)
     size = np.array([6.0, 5.0, 2.6])
 
@@ -50,8 +50,8 @@ def room_surface(n_sites=100_000, seed=0):
         parts += [plane(o + hz, rx, ry), plane(o, rx, hz), plane(o + ry, rx, hz), plane(o, ry, hz),
                   plane(o + rx, ry, hz)]
     pts = np.concatenate(parts)
-    pts += rng.normal(scale=0.01, size=pts.shape)
-    vox = np.unique(np.floor(pts / VOXEL).astype(np.int32), axis=0)
+    pts += rng.normal(scale=0.003, size=pts.shape)
+    vox = np.unique(np.floor(pts / VOXEL + 0.5).astype(np.int32), axis=0)  # walls at voxel centres
     vox -= vox.min(axis=0)
     centre = vox[rng.integers(len(vox))]
     keep = np.argsort(np.sum((vox - centre) ** 2, axis=1), kind="stable")[:n_sites]

@@ -97,27 +97,33 @@ def test_subm_equals_dense_with_grads(scene, k, c, d):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
 
 
-def test_down_subm_up_chain_equals_dense(scene):
-    """Level 0 -> 1 -> 2 -> 1 -> 0 with submanifold convs between, values and all gradients."""
+@pytest.mark.parametrize("chunk", [sparse.conv.CHUNK, 96])
+def test_down_subm_up_chain_equals_dense(scene, chunk, monkeypatch):
+    """Level 0 -> 1 -> 2 -> 1 -> 0 with submanifold convs between, values and all gradients; also with
+    the tap conv's scan cut into several chunks of sites and a ragged last one."""
+    monkeypatch.setattr(sparse.conv, "CHUNK", chunk)
     coords, mask, h = scene
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 3)).astype(np.float32)
-    ws = [rng.normal(size=s).astype(np.float32) for s in [(8, 3, 4), (27, 4, 4), (8, 4, 5), (8, 5, 4), (8, 4, 2)]]
+    shapes = [(125, 3, 3), (8, 3, 4), (27, 4, 4), (8, 4, 5), (8, 5, 4), (8, 4, 2)]
+    ws = [rng.normal(size=s).astype(np.float32) for s in shapes]
     c1, m1, c2, m2 = h.coords[1], h.masks[1], h.coords[2], h.masks[2]
 
     def sparse_chain(x, ws):
-        y = sparse.down_conv(x, h, 0, ws[0])
-        y = sparse.subm_conv(y, h, 1, ws[1])
-        y = sparse.down_conv(y, h, 1, ws[2])
-        y = sparse.up_conv(y, h, 1, ws[3])
-        return sparse.up_conv(y, h, 0, ws[4])
+        y = sparse.subm_conv(x, h, 0, ws[0])
+        y = sparse.down_conv(y, h, 0, ws[1])
+        y = sparse.subm_conv(y, h, 1, ws[2])
+        y = sparse.down_conv(y, h, 1, ws[3])
+        y = sparse.up_conv(y, h, 1, ws[4])
+        return sparse.up_conv(y, h, 0, ws[5])
 
     def dense_chain(x, ws):
-        y = dense_down(x, coords, mask, ws[0], c1, m1)
-        y = dense_subm(y, c1, m1, ws[1], G // 2)
-        y = dense_down(y, c1, m1, ws[2], c2, m2, G // 2)
-        y = dense_up(y, c2, m2, ws[3], c1, m1, G // 2)
-        return dense_up(y, c1, m1, ws[4], coords, mask)
+        y = dense_subm(x, coords, mask, ws[0])
+        y = dense_down(y, coords, mask, ws[1], c1, m1)
+        y = dense_subm(y, c1, m1, ws[2], G // 2)
+        y = dense_down(y, c1, m1, ws[3], c2, m2, G // 2)
+        y = dense_up(y, c2, m2, ws[4], c1, m1, G // 2)
+        return dense_up(y, c1, m1, ws[5], coords, mask)
 
     ct = rng.normal(size=(400, 2)).astype(np.float32)
 
