@@ -9,8 +9,9 @@ The stray control character in Area_5/office_19/Annotations/ceiling_1.txt ("103.
 repaired on the fly (control characters become "0", as the dataset README's manual fix) and the
 repair is listed in the manifest's notes.
 `--align_angle` rotates each room about z by (2 - angle/180) * pi around its bounding-box centre.
-Normals are estimated (the 2D-3D-S mesh path of the reference is not implemented): PCA over the 16
-nearest neighbours, oriented toward the room's bounding-box centre (into the room, the scanner's side).
+Normals: with `--mesh_root` (Stanford2d3dDataset_noXYZ) from the area meshes as the reference's
+--parse_normal (see s3dis_mesh.py); otherwise estimated by PCA over the 16 nearest neighbours, oriented
+toward the room's bounding-box centre (into the room, the scanner's side).
 """
 
 import functools
@@ -21,7 +22,7 @@ import sys
 
 import numpy as np
 
-from data_prep import cli, normals, writer
+from data_prep import cli, normals, s3dis_mesh, writer
 from ppt_jax import labels
 
 CLASSES = labels.CLASS_NAMES[labels.S3DIS]
@@ -69,17 +70,24 @@ def read_object(path):
     return values.reshape(-1, 6), note
 
 
-def align(coord, angle):
-    """The reference's --align_angle: rotate about z by (2 - angle/180) * pi around the bbox centre."""
+def rotation(angle):
+    """The reference's --align_angle rotation: about z by (2 - angle/180) * pi."""
     theta = (2 - angle / 180) * np.pi
     c, s = np.cos(theta), np.sin(theta)
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def align(coord, angle):
+    """Rotate a room by `rotation(angle)` around its bounding-box centre (the reference)."""
     centre = (coord.max(0) + coord.min(0)) / 2
-    return (coord - centre) @ rot.T + centre
+    return (coord - centre) @ rotation(angle).T + centre
 
 
-def load_room(scene_id, raw, angles, align_angle):
-    """One room ("Area_N/room") -> raw point dict for the writer. Pure in its arguments."""
+def load_room(scene_id, raw, angles, align_angle, mesh_root=None):
+    """One room ("Area_N/room") -> raw point dict for the writer. Pure in its arguments.
+
+    With `mesh_root` (Stanford2d3dDataset_noXYZ) normals come from the area mesh, else from PCA.
+    """
     room_dir = os.path.join(raw, scene_id)
     files = sorted(glob.glob(os.path.join(room_dir, "Annotations", "*.txt")))
     if not files:
@@ -96,13 +104,22 @@ def load_room(scene_id, raw, angles, align_angle):
     coord = points[:, :3]
     if not np.isfinite(coord).all():
         raise writer.SceneError(room_dir, "non-finite coordinates (NaN or inf) in Annotations")
+    normal = None
+    if mesh_root is not None:
+        try:
+            normal = s3dis_mesh.mesh_normals(coord, s3dis_mesh.area_mesh(mesh_root, scene_id.split("/")[0]))
+        except s3dis_mesh.CropError as err:
+            raise writer.SceneError(room_dir, f"mesh normals: {err}") from None
     if align_angle:
         coord = align(coord, angles[scene_id])
+        normal = None if normal is None else normal @ rotation(angles[scene_id]).T
     color = points[:, 3:6]
     if color.min() < 0 or color.max() > 255:
         raise writer.SceneError(room_dir, f"colours outside 0..255: [{color.min()}, {color.max()}]")
+    if normal is None:
+        normal = normals.pca_normals(coord, NORMAL_NEIGHBOURS)
     return {"coord": coord.astype(np.float32), "color": color.astype(np.uint8),
-            "normal": normals.pca_normals(coord, NORMAL_NEIGHBOURS),
+            "normal": normal.astype(np.float32),
             "segment": np.concatenate(segment), "instance": np.concatenate(instance),
             "path": room_dir, "notes": notes}
 
@@ -111,16 +128,19 @@ def main(argv=None):
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--areas", default=",".join(AREAS), help="comma-separated subset of Area_1..Area_6")
     p.add_argument("--align_angle", action="store_true", help="rotate rooms by their alignment angle")
+    p.add_argument("--mesh_root", help="Stanford2d3dDataset_noXYZ folder: normals from its meshes (as the "
+                                       "reference's --parse_normal) instead of PCA estimates")
     args = p.parse_args(argv)
     summaries = []
     for area in args.areas.split(","):
         if area not in AREAS:
             p.error(f"--areas: unknown area {area!r}; choose from {AREAS}")
         angles = {f"{area}/{room}": angle for room, angle in read_rooms(args.raw, area)}
-        load = functools.partial(load_room, raw=args.raw, angles=angles, align_angle=args.align_angle)
+        load = functools.partial(load_room, raw=args.raw, angles=angles, align_angle=args.align_angle,
+                                 mesh_root=args.mesh_root)
+        extra = {"align_angle": args.align_angle, "mesh_normals": bool(args.mesh_root)}
         summaries.append(writer.write_split(args.out, labels.S3DIS, area, list(angles), load,
-                                            keep_full_res=True, manifest_extra={"align_angle": args.align_angle},
-                                            **cli.writer_kwargs(args)))
+                                            keep_full_res=True, manifest_extra=extra, **cli.writer_kwargs(args)))
     return cli.report(summaries)
 
 
