@@ -225,11 +225,12 @@ def _holes(coord, rng, fraction, density):
     return keep
 
 
-def _visible(coord, normal, kind, room, spec, rng):
+def _visible(coord, normal, owner, room, spec, rng):
     """What the sensor captures: visibility rules per domain (see the module docstring)."""
     n = len(coord)
-    keep = rng.random(n) < np.where(kind == "window", spec.glass_keep, 1.0)
-    ceiling = kind == "ceiling"
+    is_kind = lambda name: np.asarray([k == name for k in room.kinds])[owner]  # noqa: E731
+    keep = rng.random(n) < np.where(is_kind("window"), spec.glass_keep, 1.0)
+    ceiling = is_kind("ceiling")
     if rng.random() >= spec.ceiling_keep:
         keep &= ~ceiling
     elif spec.ceiling_keep < 1.0:  # a partly scanned ceiling: one side of the room
@@ -287,8 +288,7 @@ def render(room, domain, rng, density=DEFAULT_DENSITY):
     spec = _check_domain(domain)
     rho = sampling_density(domain, density)
     coord, normal, owner = geo.sample(room.prims, rho, rng)
-    kind = np.asarray(room.kinds)[owner]
-    keep = ~_occluded(coord, owner, room) & _visible(coord, normal, kind, room, spec, rng)
+    keep = ~_occluded(coord, owner, room) & _visible(coord, normal, owner, room, spec, rng)
     coord, normal, owner = coord[keep], normal[keep], owner[keep]
     keep = _holes(coord, rng, spec.hole_fraction, rho)
     coord, normal, owner = coord[keep], normal[keep], owner[keep]
