@@ -347,6 +347,8 @@ def generate(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DE
 
     `scenes` / `val_scenes` are counts in that order (val default: max(2, train // 8)). Returns
     {dataset: {split: writer.Summary}}; re-running with the same settings resumes and reuses shards.
+    At small densities `workers=1` is fastest: the writer spawns fresh processes (each importing
+    TensorFlow) for every split, which costs more than the scenes themselves.
     """
     scenes = _check_counts("scenes", scenes)
     val_scenes = _check_counts("val_scenes", val_scenes if val_scenes is not None

@@ -47,10 +47,10 @@ ROOMS = {
     "office": ((3.0, 6.0), (3.0, 6.0), [
         ("door", 1, 1), ("window", 0, 2), ("desk", 1, 4), ("cabinet", 1, 3), ("bookshelf", 0, 2),
         ("table", 0, 1), ("board", 0, 1), ("radiator", 0, 1), ("picture", 0, 1),
-        ("garbagebin", 0, 2), ("chair", 0, 1), ("monitor", 0, 4), ("prop", 2, 6)]),
+        ("garbagebin", 0, 2), ("chair", 0, 2), ("monitor", 0, 4), ("prop", 3, 8)]),
     "conference": ((5.0, 8.0), (4.0, 7.0), [
         ("door", 1, 2), ("window", 0, 2), ("table", 1, 1), ("board", 1, 2), ("television", 0, 1),
-        ("cabinet", 0, 1), ("chair", 2, 6), ("prop", 0, 3)]),
+        ("cabinet", 0, 1), ("chair", 4, 10), ("prop", 0, 3)]),
     "hallway": ((1.6, 2.4), (6.0, 11.0), [
         ("door", 2, 5), ("picture", 0, 2), ("board", 0, 1), ("cabinet", 0, 1),
         ("garbagebin", 0, 1), ("prop", 0, 2)]),

@@ -143,6 +143,17 @@ def test_measured_colour_cast_and_colour_noise(offices):
     assert spread[SC] > 1.4 * spread[S3D] and spread[S3] > 1.2 * spread[S3D]
 
 
+def test_measured_ceiling_coverage_over_many_scans():
+    """ScanNet scans rarely reach the ceiling; S3DIS and Structured3D rooms always have one."""
+    def has_ceiling(raw):  # geometric test: ScanNet leaves ceilings unlabelled
+        top = raw["coord"][:, 2] > raw["coord"][:, 2].max() - 0.05
+        return np.mean(top & (raw["normal"][:, 2] < -0.7)) > 0.02
+    share = {d: np.mean([has_ceiling(synthetic.make_scene(d, f"train_{i:05d}", density=0.01))
+                         for i in range(16)]) for d in synthetic.ORDER}
+    assert share[S3] == share[S3D] == 1.0
+    assert share[SC] <= 0.35
+
+
 def test_structured3d_normals_are_exact_and_scanned_ones_are_not(offices):
     for domain, lo, hi in ((S3D, 0.0, 1e-6), (S3, 0.03, 0.2), (SC, 0.08, 0.3)):
         n = offices[domain]["normal"][_floor(offices[domain], domain)]
