@@ -56,10 +56,13 @@ def raw(tmp_path):
     nan[2, 0] = np.nan
     write_scene(root, "scans", "scene0004_00", coord=nan)
     write_scene(root, "scans_test", "scene0100_00", labelled=False)
+    faceless = write_scene(root, "scans", "scene0006_00")
+    vertex = ply.read_ply(os.path.join(faceless, "scene0006_00_vh_clean_2.ply"))["vertex"]
+    ply.write_ply(os.path.join(faceless, "scene0006_00_vh_clean_2.ply"), {n: vertex[n] for n in vertex.dtype.names})
     with open(os.path.join(root, scannet.LABEL_TABLE), "w") as f:
         f.write(TSV)
     for split, ids in {"train": ["scene0000_00", "scene0001_00"], "test": ["scene0100_00"],
-                       "val": ["scene0002_00", "scene0003_00", "scene0004_00"]}.items():
+                       "val": ["scene0002_00", "scene0003_00", "scene0004_00", "scene0005_00", "scene0006_00"]}.items():
         with open(os.path.join(root, f"scannetv2_{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
     return root
@@ -94,9 +97,12 @@ def test_cli_shards_and_broken_scenes(raw, tmp_path, capsys):
     nan_ply = os.path.join(raw, "scans", "scene0004_00", "scene0004_00_vh_clean_2.ply")
     assert f"skipped scene0004_00: {nan_ply}: 1 of 7 points have non-finite coord" in printed
 
+    assert f"skipped scene0005_00: {os.path.join(raw, 'scans', 'scene0005_00')}: scene folder not found" in printed
+    assert "scene0006_00_vh_clean_2.ply: PLY has no face element (vertex normals need the faces)" in printed
+
     manifest, scenes = read_split(os.path.join(out, "val"))
     assert sorted(scenes) == ["scene0002_00"] and manifest["dataset"] == "ScanNet"
-    assert {s["scene"] for s in manifest["skipped"]} == {"scene0003_00", "scene0004_00"}
+    assert {s["scene"] for s in manifest["skipped"]} == {f"scene000{i}_00" for i in (3, 4, 5, 6)}
     val = scenes["scene0002_00"]
     assert len(val["coord"]) == 6 and manifest["scenes"][0]["num_points"] == 7  # v6 shares v0's voxel
     inv = val["inverse"]
