@@ -22,7 +22,9 @@ outside its 20); toilet, bathtub, shower curtain and counter only in ScanNet (ou
 25); whiteboards are S3DIS "board" only; trash cans and radiators are NYU40 39 "otherfurniture" in
 both NYU-labelled datasets; small props are Structured3D "otherprop" and unlabelled in ScanNet.
 
-Sensor character (`DOMAINS`), at strengths estimated from the real data:
+Sensor character (`DOMAINS`), at strengths estimated from the real data (densities and sizes follow the
+datasets' published sizes; noise, colour gains and hole fractions are judgement calls, not fitted: no
+real data is available offline):
 - ScanNet v2: vertices of BundleFusion RGB-D reconstructions (vh_clean_2 meshes, ~1.5e5 vertices for
   ~90 m^2 of visible surface: ~1700 points/m^2, i.e. ~0.7 per 2 cm cell); surface noise ~1 cm
   (sigma 8 mm along the normal, Structure-sensor depth after TSDF fusion); mesh normals ~9 deg off;
@@ -33,8 +35,8 @@ Sensor character (`DOMAINS`), at strengths estimated from the real data:
 - S3DIS: Matterport scans, dense (~695 M points in 272 rooms: ~2.6e6 per room, ~2e4 points/m^2),
   noise ~5 mm, mesh normals ~5 deg off, few holes (~2 %), glass half captured, ceilings present, beams
   and columns common (office buildings), slightly cool and flat colour (gains 0.96/1.05, 15 %
-  desaturated, noise 4/255) with brightness seams between scan stations; axis-aligned rooms at large
-  area offsets; annotation complete.
+  desaturated, noise 4/255) with brightness seams (+-8 %) between 4 scan stations; axis-aligned
+  rooms at large area offsets; annotation complete.
 - Structured3D: photo-realistic renderings back-projected and deduplicated at 1 cm (~8000 points/m^2),
   noiseless but for 1 mm depth quantisation (depth PNGs in mm), exact normals, no holes beyond what
   the cameras cannot see, exact rendered colours, residential rooms only; the largest dataset (~21.8 k
@@ -47,7 +49,8 @@ sampling at rho points/m^2 a fraction 1 - exp(-rho a) of cells of area a = 4 cm^
 domain with real density R is sampled at rho = -ln(1 - density (1 - exp(-R a))) / a: density 1 is the
 real raw density, and small densities keep the real ratios of 2 cm sites between domains (0.49 :
 1.0 : 0.96 for ScanNet : S3DIS : Structured3D) instead of exaggerating S3DIS's raw-point surplus,
-which grid sampling removes anyway. The default 0.05 gives rooms of roughly 3-25 k points.
+which grid sampling removes anyway. The default 0.05 gives rooms of ~2-23 k points (means: Structured3D
+14 k, ScanNet 5 k, S3DIS 15 k); density 1 gives ~0.2 M (ScanNet), ~0.8 M, ~2 M (S3DIS) points.
 """
 
 import argparse
