@@ -40,7 +40,8 @@ def make_scannet(root, rng, num):
     i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
     coord = np.stack([i.ravel() * 0.02, j.ravel() * 0.02, 0.05 * np.sin(i.ravel() / 7.0)], 1).astype(np.float32)
     quad = (i[:-1, :-1] * side + j[:-1, :-1]).ravel()
-    faces = np.concatenate([np.stack([quad, quad + side, quad + 1], 1), np.stack([quad + 1, quad + side, quad + side + 1], 1)])
+    faces = np.concatenate([np.stack([quad, quad + side, quad + 1], 1),
+                            np.stack([quad + 1, quad + side, quad + side + 1], 1)])
     color = rng.integers(0, 256, (len(coord), 3)).astype(np.uint8)
     sid = "scene0000_00"
     d = os.path.join(root, "scans", sid)

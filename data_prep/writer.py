@@ -65,7 +65,7 @@ class Summary:
                 f"-> {self.split_dir}")
 
 
-def validate(raw, num_classes, where):
+def validate(raw, num_classes, where, grid_size=0.01):
     """Check a raw scene dict; raise SceneError(where, reason) naming the first problem found."""
     where = raw.get("path", where)
     missing = [k for k in RAW_FIELDS if k not in raw]
@@ -82,6 +82,10 @@ def validate(raw, num_classes, where):
         bad = int(np.sum(~np.isfinite(raw[name]).all(axis=1)))
         if bad:
             raise SceneError(where, f"{bad} of {num} points have non-finite {name} (NaN or inf)")
+    extent = np.ptp(np.asarray(raw["coord"], np.float64), axis=0)
+    if np.any(extent / grid_size >= schema.GRID_BOUND - 1):
+        raise SceneError(where, f"scene extent {extent.round(2).tolist()} m exceeds {schema.GRID_BOUND - 1} "
+                                f"voxels of {grid_size} m")
     color = np.asarray(raw["color"])
     if color.dtype != np.uint8 and (color.min() < 0 or color.max() > 255):
         raise SceneError(where, f"color values outside 0..255: [{color.min()}, {color.max()}]")
@@ -103,10 +107,7 @@ def voxelize(raw, grid_size, keep_full_res):
     """
     coord = np.asarray(raw["coord"], np.float32)
     grid = np.floor((coord.astype(np.float64) - coord.min(0)) / grid_size).astype(np.int64)
-    if grid.max() >= schema.GRID_BOUND:
-        raise SceneError(raw.get("path", "?"), f"scene extent {np.ptp(coord, 0)} m exceeds "
-                                               f"{schema.GRID_BOUND} voxels of {grid_size} m")
-    key = schema.grid_key(grid)
+    key = schema.grid_key(grid)  # ValueError beyond GRID_BOUND (validate reports it per scene)
     order = np.argsort(key, kind="stable")
     starts = np.ones(len(order), bool)
     starts[1:] = key[order[1:]] != key[order[:-1]]
@@ -137,7 +138,7 @@ def process_scene(task):
     load_fn, scene_id, dataset, grid_size, keep_full_res, num_classes = task
     try:
         raw = load_fn(scene_id)
-        validate(raw, num_classes, scene_id)
+        validate(raw, num_classes, scene_id, grid_size)
         vox = voxelize(raw, grid_size, keep_full_res)
     except SceneError as err:
         return {"scene": scene_id, "file": err.path, "reason": err.reason}

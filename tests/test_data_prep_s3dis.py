@@ -29,7 +29,8 @@ def raw(tmp_path):
     write_object(root, "Area_1/office_1", "floor_1.txt", plane(0.0, [10, 20, 30]))
     write_object(root, "Area_1/office_1", "ceiling_1.txt", plane(1.0, [200, 200, 200]))
     # two chair points share one 1 cm voxel
-    write_object(root, "Area_1/office_1", "chair_1.txt", [[0.405, 0.405, 0.505, 1, 2, 3], [0.407, 0.406, 0.506, 4, 5, 6]])
+    write_object(root, "Area_1/office_1", "chair_1.txt",
+                 [[0.405, 0.405, 0.505, 1, 2, 3], [0.407, 0.406, 0.506, 4, 5, 6]])
     write_object(root, "Area_1/office_1", "stairs_1.txt", [[0.2, 0.8, 0.3, 7, 8, 9]])
     os.makedirs(os.path.join(root, "Area_1", "hallway_1", "Annotations"))  # empty room
     write_object(root, "Area_1/WC_1", "wall_1.txt", [[0, 0, 0, 1, 1, 1]])

@@ -39,6 +39,8 @@ def load_broken(bad, scene_id):
         raw["coord"][5, 1] = np.nan
     if kind == "label":
         raw["segment"][3] = 20
+    if kind == "huge":
+        raw["coord"][7, 0] = 1000.0  # 1 km: beyond GRID_BOUND voxels of 1 cm
     if kind == "empty":
         raw = {k: v[:0] for k, v in raw.items()}
     return raw
@@ -131,17 +133,19 @@ def test_round_trip_and_manifest(tmp_path):
 
 def test_bad_scenes_skipped_and_reported(tmp_path):
     write(tmp_path / "clean")
-    bad = {"scene01": "missing", "scene02": "nan", "scene04": "label", "scene05": "empty"}
+    bad = {"scene01": "missing", "scene02": "nan", "scene03": "huge", "scene04": "label", "scene05": "empty"}
     summary = write(tmp_path / "bad", functools.partial(load_broken, bad))
-    assert not summary.ok and summary.num_written == 3
+    assert not summary.ok and summary.num_written == 2
     reasons = {s["scene"]: (s["file"], s["reason"]) for s in summary.skipped}
     assert reasons["scene01"] == ("/raw/scene01/scene01.aggregation.json", "file not found")
     assert reasons["scene02"] == ("scene02", "1 of 300 points have non-finite coord (NaN or inf)")
     assert "labels out of range: found [-1, 20], valid -1..19" in reasons["scene04"][1]
     assert reasons["scene05"][1] == "empty scene (no points)"
-    assert "4 skipped" in summary.line()
+    assert reasons["scene03"][1].startswith("scene extent [99")
+    assert reasons["scene03"][1].endswith("m exceeds 65535 voxels of 0.01 m")
+    assert "5 skipped" in summary.line()
     manifest, scenes = read_split(tmp_path / "bad" / "val")
-    assert sorted(scenes) == ["scene00", "scene03", "scene06"]
+    assert sorted(scenes) == ["scene00", "scene06"]
     assert manifest["skipped"] == summary.skipped
     for sid in scenes:  # the good scenes of the damaged shards are intact
         np.testing.assert_array_equal(scenes[sid]["coord"], writer.voxelize(make_raw(sid), 0.01, False)["coord"])
