@@ -170,6 +170,16 @@ def test_bad_settings_are_named():
         synthetic.generate("/nonexistent", scenes=(1, 2))
 
 
+@pytest.mark.parametrize("flags, message", [(["--scenes", "1,2"], "scenes"),
+                                           (["--density", "0"], "density"),
+                                           (["--val_scenes", "a,b,c"], "counts")])
+def test_cli_rejects_bad_flags_by_name(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        synthetic.main(["--out", str(tmp_path), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def _read_split(split_dir):
     manifest = schema.read_manifest(split_dir)
     scenes = {}
