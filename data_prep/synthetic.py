@@ -185,7 +185,7 @@ def sampling_density(domain, density):
 def scene_rng(domain, scene_id, seed):
     """Independent generator per (seed, domain, scene): same scene whatever the worker count."""
     digest = hashlib.sha256(f"{domain}/{scene_id}".encode()).digest()
-    words = np.frombuffer(digest[:16], np.uint32)
+    words = np.frombuffer(digest[:16], "<u4")  # fixed byte order: same seeds on every host
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, words)]))
 
 
