@@ -51,21 +51,24 @@ def read_rooms(raw, area):
 
 def read_object(path):
     """-> (points (n, 6) float64, note or None); control characters are repaired and noted."""
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise writer.SceneError(path, f"unreadable: {err.strerror}") from None
     note = None
     bad = [m.start() for m in _CONTROL.finditer(data)]
     if bad:
         line = data.count(b"\n", 0, bad[0]) + 1
         note = f"{path}: replaced {len(bad)} control character(s) with '0' (first on line {line})"
         data = _CONTROL.sub(b"0", data)
-    rows = [r for r in data.split(b"\n") if r.strip()]
+    rows = [(i, r) for i, r in enumerate(data.split(b"\n"), start=1) if r.strip()]
     try:
         values = np.array(data.split(), np.float64)
     except ValueError as err:
         raise writer.SceneError(path, f"not numeric: {err}") from None
     if values.size != 6 * len(rows):
-        line = next(i for i, r in enumerate(rows, start=1) if len(r.split()) != 6)
+        line = next(i for i, r in rows if len(r.split()) != 6)
         raise writer.SceneError(path, f"line {line}: expected 6 values (x y z r g b)")
     return values.reshape(-1, 6), note
 

@@ -35,7 +35,7 @@ def raw(tmp_path):
     os.makedirs(os.path.join(root, "Area_1", "hallway_1", "Annotations"))  # empty room
     write_object(root, "Area_1/WC_1", "wall_1.txt", [[0, 0, 0, 1, 1, 1]])
     with open(os.path.join(root, "Area_1", "WC_1", "Annotations", "wall_1.txt"), "a") as f:
-        f.write("1.0 2.0 3.0 4 5\n")  # a line with 5 values
+        f.write("\n1.0 2.0 3.0 4 5\n")  # a blank line, then a line with 5 values
     with open(os.path.join(root, "Area_1", "Area_1_alignmentAngle.txt"), "w") as f:
         f.write("## Global alignment angle per disjoint space in Area_1 ##\noffice_1 180\nhallway_1 0\nWC_1 90\n")
     ceiling = plane(1.0, [50, 50, 50])
@@ -76,7 +76,7 @@ def test_cli_repairs_skips_and_shards(raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 1
     assert "hallway_1/Annotations: empty room: no *.txt object files" in printed
-    assert "wall_1.txt: line 2: expected 6 values (x y z r g b)" in printed
+    assert "wall_1.txt: line 3: expected 6 values (x y z r g b)" in printed
     assert "ceiling_1.txt: replaced 1 control character(s) with '0' (first on line 3)" in printed
 
     manifest, scenes = read_split(os.path.join(out, "Area_5"))
