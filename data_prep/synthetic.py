@@ -222,7 +222,9 @@ def _holes(coord, rng, fraction, density):
     keep = np.ones(len(coord), bool)
     if fraction <= 0 or not len(coord):
         return keep
-    radius = rng.uniform(0.15, 0.45, max(1, int(round(fraction * len(coord) / density / 0.3))))
+    mean_area = np.pi * (0.45 ** 3 - 0.15 ** 3) / (3 * 0.3)  # E[pi r^2], r ~ U(0.15, 0.45): ~0.31 m^2
+    count = max(1, int(round(fraction * len(coord) / density / mean_area)))
+    radius = rng.uniform(0.15, 0.45, count)
     for r, centre in zip(radius, coord[rng.integers(len(coord), size=len(radius))]):
         keep &= np.sum((coord - centre) ** 2, axis=1) > r * r
     return keep
