@@ -1,0 +1,376 @@
+"""Inference tool: label point clouds with an exported PPT model, write a labelled PLY and a picture.
+
+    python -m ppt_jax.predict --checkpoint EXPORT_DIR --dataset scannet --input scene.ply --out DIR
+    python -m ppt_jax.predict --checkpoint EXPORT_DIR --dataset s3dis --input scenes/ --out DIR --vote
+
+EXPORT_DIR is what `python -m ppt_jax.main --mode export` writes (weights + config.json). `--dataset`
+picks the prompt, the normalization and the class names (any of the datasets the model was trained
+with). `--input` is a PLY file (ASCII or binary, with or without faces and normals: normals are
+estimated when absent), a shard file (`*.tfrecord` written by data_prep: every scene in it), or a
+directory of such files. For each scene the tool writes `<out>/<scene>.ply` (vertices x y z, class
+colour red green blue, `label` in the dataset's own label order, `confidence` = the winning class's
+probability) and `<out>/<scene>.png` (top and oblique views, legend with class names).
+
+Without `--vote` the scene is grid-sampled once at the model's grid (one point per voxel) and every
+point takes its voxel's prediction; `--vote` runs the reference's test-time augmentation instead
+(13 views x all grid-sampling fragments, softmax summed per point; spec §8).
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+from ppt_jax import labels, render
+
+INPUT_SUFFIXES = (".ply", ".tfrecord")
+
+
+class InputError(ValueError):
+    """A bad input file; the message starts with the file's path."""
+
+    def __init__(self, path, problem):
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclasses.dataclass
+class Cloud:
+    name: str
+    coord: np.ndarray            # (P, 3) float32 metres
+    color: np.ndarray            # (P, 3) uint8
+    normal: np.ndarray           # (P, 3) float32 unit (estimated when the file has none)
+    source: str
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _checked(name, coord, color, normal, source):
+    """Validate one scene's arrays; InputError names the file and the problem."""
+    coord = np.asarray(coord)
+    if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
+        raise InputError(source, "no points")
+    bad = ~np.isfinite(coord).all(1)
+    if bad.any():
+        raise InputError(source, f"{int(bad.sum())} of {len(coord)} points have NaN/inf coordinates "
+                                 f"(first at vertex {int(np.argmax(bad))})")
+    if color is None:
+        raise InputError(source, "no vertex colours (red, green, blue): the model needs RGB input")
+    color = np.asarray(color)
+    if np.issubdtype(color.dtype, np.floating):
+        if not np.isfinite(color).all():
+            raise InputError(source, "colours contain NaN/inf")
+        if color.max(initial=0) <= 1.0:          # float colours in [0, 1]
+            color = color * 255.0
+        color = np.clip(np.rint(color), 0, 255)
+    color = color.astype(np.uint8)
+    if normal is None:
+        from data_prep import normals as normals_lib
+
+        normal = normals_lib.pca_normals(coord)
+    else:
+        normal = np.asarray(normal, np.float32)
+        if not np.isfinite(normal).all():
+            raise InputError(source, "normals contain NaN/inf")
+        length = np.linalg.norm(normal, axis=1, keepdims=True)
+        normal = np.where(length > 1e-6, normal / np.maximum(length, 1e-6), 0).astype(np.float32)
+    return Cloud(name, coord.astype(np.float32), color, normal, source)
+
+
+_ASCII_TYPES = {"char", "int8", "uchar", "uint8", "short", "int16", "ushort", "uint16", "int",
+                "int32", "uint", "uint32", "float", "float32", "double", "float64"}
+
+
+def _read_ascii_vertices(path):
+    """{property: array} of the vertex element of an ASCII PLY (other elements are skipped)."""
+    with open(path, "rb") as f:
+        lines = f.read().decode("ascii", "replace").splitlines()
+    elements, i = [], 1
+    while i < len(lines) and lines[i].strip() != "end_header":
+        words = lines[i].split()
+        if words and words[0] == "element":
+            elements.append((words[1], int(words[2]), []))
+        elif words and words[0] == "property" and elements:
+            elements[-1][2].append(words[1:])
+        i += 1
+    if i == len(lines):
+        raise InputError(path, "PLY header has no end_header line")
+    row = i + 1
+    for name, count, props in elements:
+        if name != "vertex":
+            row += count                                   # one line per item in ASCII PLY
+            continue
+        if any(p[0] == "list" or p[0] not in _ASCII_TYPES for p in props):
+            raise InputError(path, f"unsupported vertex property in {props}")
+        body = lines[row:row + count]
+        if len(body) < count:
+            raise InputError(path, f"truncated PLY: {count} vertices declared, {len(body)} lines")
+        try:
+            table = np.array([ln.split() for ln in body], np.float64).reshape(count, len(props))
+        except ValueError:
+            raise InputError(path, "vertex lines do not hold one number per property") from None
+        floats = ("float", "float32", "double", "float64")
+        return {p[1]: table[:, j] if p[0] in floats else table[:, j].astype(np.int64)
+                for j, p in enumerate(props)}
+    raise InputError(path, "PLY has no vertex element")
+
+
+def _read_ply_vertices(path):
+    """{property: array} of a PLY's vertices, ASCII or binary (data_prep.ply)."""
+    from data_prep import ply
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head.startswith(b"ply"):
+        raise InputError(path, "not a PLY file (it does not start with 'ply')")
+    if b"format ascii" in head:
+        return _read_ascii_vertices(path)
+    try:
+        vertex = ply.read_ply(path).get("vertex")
+    except ValueError as err:
+        raise InputError(path, f"unreadable PLY: {str(err).split(': ', 1)[-1]}") from None
+    if vertex is None:
+        raise InputError(path, "PLY has no vertex element")
+    return {name: vertex[name] for name in vertex.dtype.names}
+
+
+def read_ply_cloud(path):
+    """One PLY file -> Cloud (colours required; normals estimated when the file has none)."""
+    vertex = _read_ply_vertices(path)
+    if not all(a in vertex for a in "xyz"):
+        raise InputError(path, f"vertex element has no x, y, z properties (has {sorted(vertex)})")
+    coord = np.stack([vertex[a] for a in "xyz"], 1)
+    color = (np.stack([vertex[c] for c in ("red", "green", "blue")], 1)
+             if all(c in vertex for c in ("red", "green", "blue")) else None)
+    normal = (np.stack([vertex[n] for n in ("nx", "ny", "nz")], 1)
+              if all(n in vertex for n in ("nx", "ny", "nz")) else None)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return _checked(name, coord, color, normal, path)
+
+
+def read_shard_clouds(path):
+    """Every scene of one data_prep shard file (its stored sites) -> Clouds."""
+    import tensorflow as tf
+
+    from ppt_jax.data import schema
+
+    try:
+        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        scenes = [schema.decode_scene(r) for r in records]
+    except (tf.errors.OpError, ValueError, KeyError) as err:
+        raise InputError(path, f"not a readable shard (TFRecord of schema v{schema.SCHEMA_VERSION}): "
+                               f"{str(err).splitlines()[0]}") from None
+    if not scenes:
+        raise InputError(path, "shard holds no scenes")
+    return [_checked(s["scene"], s["coord"], s["color"], s["normal"], f"{path} scene {s['scene']}")
+            for s in scenes]
+
+
+def input_files(path):
+    """The files named by --input: one file, or every PLY/shard of a directory (sorted)."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.lower().endswith(INPUT_SUFFIXES))
+        if not files:
+            raise InputError(path, f"directory holds no {' or '.join(INPUT_SUFFIXES)} files")
+        return files
+    if not os.path.exists(path):
+        raise InputError(path, "no such file or directory")
+    return [path]
+
+
+def read_clouds(path):
+    """--input -> iterator of Clouds (PLY by content, shards by the .tfrecord suffix)."""
+    for file in input_files(path):
+        if file.lower().endswith(".tfrecord"):
+            yield from read_shard_clouds(file)
+        else:
+            yield read_ply_cloud(file)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _round_up(n, multiple):
+    return max(multiple, -(-int(n) // multiple) * multiple)
+
+
+def hierarchy_capacities(rows, num_sites, levels, multiple=256):
+    """Sites per level fitting every row (grid coordinates of its real sites), level 0 = `num_sites`.
+
+    Coarser levels hold the exact max over rows of unique(floor(g / 2^l)) (the sparse engine's
+    stride-2 sites), rounded up so that scenes of similar size share one compiled forward: no site
+    is ever dropped, whatever the scene's shape."""
+    caps = [num_sites] + [0] * (levels - 1)
+    for g in rows:
+        g = np.asarray(g, np.int64)
+        for level in range(1, levels):
+            caps[level] = max(caps[level], _round_up(len(np.unique(g >> level, axis=0)), multiple))
+    return tuple(min(c, num_sites) for c in caps)
+
+
+class Predictor:
+    """An exported model, ready to give per-site class probabilities for one of its datasets."""
+
+    def __init__(self, export_dir):
+        import ml_collections
+
+        from ppt_jax.train import checkpoint, setup, step
+
+        try:
+            variables, meta = checkpoint.load_export(export_dir)
+        except FileNotFoundError as err:
+            raise InputError(export_dir, str(err).split(": ", 1)[-1]) from None
+        if meta.get("part") != "full":
+            raise InputError(export_dir, f"holds the '{meta.get('part')}' export; prediction needs the "
+                                         f"full model (export with config.export.part='full')")
+        self.variables = variables
+        self.config = ml_collections.ConfigDict(meta["config"])
+        table, _ = setup.text_table(self.config, export_dir)
+        self.model = setup.build_model(self.config, table)
+        self.datasets = tuple(self.config.model.conditions)
+        self.grid_size = float(self.config.data.grid_size)
+        self.levels = len(self.config.sparse.level_fractions)
+        self._mesh = step.make_mesh()
+        self._steps = {}
+
+    def condition(self, dataset):
+        """Canonical name and model condition of `dataset` (case-insensitive)."""
+        for i, name in enumerate(self.datasets):
+            if name.lower() == dataset.lower():
+                return name, i
+        raise ValueError(f"--dataset {dataset!r}: this model was trained on {self.datasets}")
+
+    def spec(self, batches):
+        """One exact HierarchySpec for all rows of `batches` (one compile per scene size bucket)."""
+        from ppt_jax import sparse
+
+        rows = [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"])]
+        caps = hierarchy_capacities(rows, batches[0]["mask"].shape[1], self.levels)
+        return sparse.HierarchySpec(caps, search_method=self.config.sparse.search_method)
+
+    def new_votes(self, rows):
+        """Zero vote table (rows, K) on the device (rows rounded up: fewer compiles)."""
+        import jax.numpy as jnp
+
+        return jnp.zeros((_round_up(rows, 1024), self.model.class_mask.shape[1]), jnp.float32)
+
+    def vote(self, votes, batch, spec):
+        """votes + the batch's softmax at each row site's `index` (the trainer's vote step)."""
+        from ppt_jax.train import step
+
+        if spec not in self._steps:
+            self._steps[spec] = step.make_vote_step(self.model, spec, self._mesh)
+        keys = ("grid_coord", "mask", "feat", "condition", "index")
+        return self._steps[spec](self.variables, votes, {k: batch[k] for k in keys})
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+def _as_scene(cloud, dataset):
+    """Cloud -> the shard-scene dict the pipeline's test-time functions take (no labels)."""
+    return {"scene": cloud.name, "dataset": dataset, "coord": cloud.coord, "color": cloud.color, "normal": cloud.normal,
+            "segment": np.full(len(cloud.coord), -1, np.int32)}
+
+
+def _as_points(cloud):
+    """Cloud -> the float per-point dict of the pipeline's transforms."""
+    return {"coord": cloud.coord, "color": cloud.color.astype(np.float32), "normal": cloud.normal,
+            "segment": np.full(len(cloud.coord), -1, np.int32)}
+
+
+def _single_view(predictor, cloud, condition):
+    """Batches of one grid sampling (first point of each voxel) and each point's row site."""
+    from ppt_jax.data import augment, pipeline
+
+    scene = augment.center_shift(_as_points(cloud), apply_z=True)
+    grid, order, starts, _ = augment.voxelize(scene["coord"], predictor.grid_size)
+    pick = order[starts]
+    row = augment.center_shift({**augment.take(scene, pick), "grid_coord": grid[pick]},
+                               apply_z=False)
+    grid_coord, mask, feat, _ = pipeline.pad_row(row, _round_up(len(pick), 1024))
+    batch = {"grid_coord": grid_coord[None], "mask": mask[None], "feat": feat[None],
+             "condition": np.array([condition], np.int32),
+             "index": np.where(mask, np.arange(len(mask)), -1).astype(np.int32)[None]}
+    return [batch], augment.voxel_inverse(order, starts, len(cloud.coord))
+
+
+def _voting_views(predictor, cloud, dataset, condition, batch_size):
+    """The pipeline's 13 views x fragments; rows index points directly."""
+    import ml_collections
+
+    from ppt_jax.data import augment, pipeline
+
+    centred = augment.center_shift(_as_points(cloud), apply_z=True)
+    sites = max(len(augment.voxelize(v["coord"], predictor.grid_size)[2])
+                for v in pipeline.tta_views(centred))
+    cfg = ml_collections.ConfigDict(predictor.config.data.to_dict())
+    cfg.eval_num_sites = _round_up(sites, 1024)
+    cfg.test_batch_size = batch_size
+    batches = list(pipeline.scene_fragments(_as_scene(cloud, dataset), cfg, condition,
+                                            where=cloud.source))
+    return batches, np.arange(len(cloud.coord))
+
+
+def predict_cloud(predictor, cloud, dataset, vote=False, batch_size=4):
+    """Per-point (label in `dataset`'s order, confidence) for one Cloud."""
+    name, condition = predictor.condition(dataset)
+    if vote:
+        batches, point_row = _voting_views(predictor, cloud, name, condition, batch_size)
+    else:
+        batches, point_row = _single_view(predictor, cloud, condition)
+    spec = predictor.spec(batches)
+    votes = predictor.new_votes(int(point_row.max()) + 1)
+    for batch in batches:
+        votes = predictor.vote(votes, batch, spec)
+    votes = np.asarray(votes, np.float64)[point_row][:, :labels.num_classes(name)]
+    label = votes.argmax(1).astype(np.int32)
+    confidence = (votes.max(1) / np.maximum(votes.sum(1), 1e-12)).astype(np.float32)
+    return label, confidence
+
+
+def write_outputs(out_dir, cloud, dataset, label, confidence):
+    """`<out>/<scene>.ply` (class colours, label, confidence) and `<out>/<scene>.png`."""
+    from data_prep import ply
+
+    os.makedirs(out_dir, exist_ok=True)
+    rgb = render.colorize(label, dataset)
+    vertex = {"x": cloud.coord[:, 0], "y": cloud.coord[:, 1], "z": cloud.coord[:, 2],
+              "red": rgb[:, 0], "green": rgb[:, 1], "blue": rgb[:, 2],
+              "label": label.astype(np.int32), "confidence": confidence.astype(np.float32)}
+    ply_path = os.path.join(out_dir, f"{cloud.name}.ply")
+    ply.write_ply(ply_path, vertex)
+    png_path = render.render_views(os.path.join(out_dir, f"{cloud.name}.png"), cloud.coord, label,
+                                   dataset, title=f"{cloud.name}: {dataset} prediction, "
+                                                  f"{len(label)} points")
+    return ply_path, png_path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ppt_jax.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="exported model directory (--mode export)")
+    parser.add_argument("--dataset", required=True,
+                        help=f"label space and prompt: one of the model's datasets {labels.DATASETS}")
+    parser.add_argument("--input", required=True, help="a .ply, a .tfrecord shard, or a directory")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--vote", action="store_true", help="13-view test-time voting (slower)")
+    parser.add_argument("--batch_size", type=int, default=4, help="fragments per forward pass (--vote)")
+    args = parser.parse_args(argv)
+    try:
+        predictor = Predictor(args.checkpoint)
+        dataset, _ = predictor.condition(args.dataset)
+        for cloud in read_clouds(args.input):
+            label, confidence = predict_cloud(predictor, cloud, dataset, args.vote, args.batch_size)
+            ply_path, png_path = write_outputs(args.out, cloud, dataset, label, confidence)
+            print(f"{cloud.source}: {len(label)} points -> {ply_path}, {png_path}", flush=True)
+    except (InputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
