@@ -72,13 +72,13 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def make_spec(coords, method="scan"):
+def make_spec(coords, maps="derived", method="scan"):
     n = len(coords)
     caps = [n]
     for level in range(1, 5):
         true = len(np.unique(coords >> level, axis=0))
         caps.append(int(true * 1.1) + 8)
-    return sparse.HierarchySpec(capacities=tuple(caps), search_method=method)
+    return sparse.HierarchySpec(capacities=tuple(caps), neighbour_maps=maps, search_method=method)
 
 
 def bench_build(coords, spec, runs):
@@ -121,7 +121,7 @@ def bench_subm(h, pairs, runs):
 
 
 def bench_forms(h, pairs, coords, runs):
-    """Alternatives to the library's scan-over-taps form, autodiff backward, same table."""
+    """The library's conv against other forms (autodiff backward) on the same table."""
     nbr = h.nbr[0][3]
     n, c = nbr.shape[0], 32
     rng = np.random.default_rng(1)
@@ -135,35 +135,36 @@ def bench_forms(h, pairs, coords, runs):
     def einsum_form(x, w):
         return jnp.einsum("ntc,tcd->nd", pad(x)[nbr], w)
 
-    def loop_form(x, w):
+    def scan_taps_form(x, w):
         xp = pad(x)
-        return sum(xp[nbr[:, t]] @ w[t] for t in range(27))
+        return lax.scan(lambda acc, tw: (acc + xp[tw[0]] @ tw[1], None), jnp.zeros((n, w.shape[2])), (nbr.T, w))[0]
 
-    def pairs_form(x, w):  # per active pair: gather, per-pair weight via tap-sorted matmuls, segment sum
-        xg = x[in_ids]
-        y = jnp.zeros((len(out_ids), w.shape[2]), jnp.float32)
-        for t in range(27):
-            sel = taps == t
-            y = y.at[np.nonzero(sel)[0]].set(xg[sel] @ w[t])
-        return jax.ops.segment_sum(y, out_ids, n, indices_are_sorted=True)
+    def pairs_form(x, w):  # spconv's algorithm: per tap, its exact active pairs (counts fixed on the host)
+        order = np.argsort(taps, kind="stable")
+        bounds = np.searchsorted(taps[order], np.arange(28))
+        src, dst = in_ids[order], out_ids[order]
+        y = jnp.concatenate([x[src[a:b]] @ w[t] for t, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
+        return jax.ops.segment_sum(y, dst, n)
 
     def library_form(x, w):
         return sparse.subm_conv(x, h, 0, w)
 
     print(f"\nconv forms, 3x3x3 32->32, {n} sites, {pairs} active pairs (backward: the library's custom VJP; "
           "others: autodiff)")
-    for name, f in [("library: scan over taps, custom VJP", library_form), ("einsum over gathered (N,27,C)", einsum_form),
-                    ("python loop over taps", loop_form), ("active pairs + segment_sum", pairs_form)]:
+    forms = [("library: chunked gather + (chunk,27C)@(27C,D), custom VJP", library_form),
+             ("lax.scan over taps, gather + matmul", scan_taps_form), ("einsum over gathered (N,27,C)", einsum_form),
+             ("exact pairs per tap + segment_sum", pairs_form)]
+    for name, f in forms:
         fwd = jax.jit(f)
-        fb = jax.jit(lambda x, w, f=f: jax.vjp(f, x, w)[1](ct))
+        fb = jax.jit(lambda x, w, ct, f=f: jax.vjp(f, x, w)[1](ct))
         ref = fwd(x, w)
-        print(f"  {name:<38} fwd {median_time(fwd, x, w, runs=runs):7.3f} s   fwd+bwd "
-              f"{median_time(fb, x, w, runs=runs):7.3f} s   max|diff| {float(jnp.max(jnp.abs(ref - library_form(x, w)))):.1e}")
+        print(f"  {name:<60} fwd {median_time(fwd, x, w, runs=runs):7.3f} s   fwd+bwd "
+              f"{median_time(fb, x, w, ct, runs=runs):7.3f} s   max|diff| {float(jnp.max(jnp.abs(ref - library_form(x, w)))):.1e}")
 
-    print("\nkernel maps for the whole hierarchy by searchsorted method")
-    for method in ("scan", "scan_unrolled", "sort"):
-        _, t = bench_build(coords, make_spec(coords, method), runs)
-        print(f"  {method:<14} {t:7.3f} s")
+    print("\nkernel maps for the whole hierarchy by neighbour_maps / searchsorted method")
+    for maps, method in [("derived", "scan"), ("searched", "scan"), ("searched", "scan_unrolled"), ("searched", "sort")]:
+        _, t = bench_build(coords, make_spec(coords, maps, method), runs)
+        print(f"  {maps:<9} {method:<14} {t:7.3f} s")
 
 
 def bench_spconv(h, coords, runs):

@@ -21,7 +21,8 @@ about 4x per level (100,000 / 25,335 / 6,239 / 1,495 / 331 voxels in a ScanNet c
 a filled volume shrinks by up to 8x, a thin line by only 2x. Size each level for the worst scene of the
 data with a margin, and watch `dropped_sites`: a non-zero entry means level l kept only the
 `capacities[l]` sites with the smallest keys; their children lose their parent (down conv ignores them,
-up conv gives them zeros). Nothing is dropped silently: `check_hierarchy` raises on any loss.
+up conv gives them zeros and, with derived maps, they have no neighbours at level l - 1 either). Nothing is
+dropped silently: `check_hierarchy` raises on any loss.
 """
 
 import dataclasses
