@@ -222,7 +222,8 @@ class Predictor:
         try:
             variables, meta = checkpoint.load_export(export_dir)
         except FileNotFoundError as err:
-            raise InputError(export_dir, str(err).split(": ", 1)[-1]) from None
+            raise InputError(export_dir, "not an exported model: "
+                                         + str(err).split(": ", 1)[-1]) from None
         if meta.get("part") != "full":
             raise InputError(export_dir, f"holds the '{meta.get('part')}' export; prediction needs the "
                                          f"full model (export with config.export.part='full')")

@@ -1,0 +1,81 @@
+"""Inference tool end to end: a tiny exported PPT model labels PLY files (slow: compiles the model)."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from data_prep import ply, synthetic  # noqa: E402
+from ppt_jax import labels, predict, render  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    import jax
+
+    from configs import tiny
+    from ppt_jax.train import checkpoint, setup
+
+    out = str(tmp_path_factory.mktemp("export"))
+    config = tiny.get_config()
+    config.text.encoder = "minilm"
+    table, _ = setup.text_table(config, out)
+    variables = setup.init_variables(setup.build_model(config, table), config, seed=0)
+    return checkpoint.export(out, jax.device_get(variables), config.to_dict())
+
+
+def _scene_ply(path, domain, binary):
+    raw = synthetic.make_scene(domain, "room", seed=1, density=0.004)
+    coord, color = raw["coord"].astype(np.float32), raw["color"]
+    vertex = {"x": coord[:, 0], "y": coord[:, 1], "z": coord[:, 2],
+              "red": color[:, 0], "green": color[:, 1], "blue": color[:, 2]}
+    if binary:
+        ply.write_ply(str(path), vertex)
+    else:
+        lines = ["ply", "format ascii 1.0", f"element vertex {len(coord)}"]
+        lines += [f"property {'float' if k in 'xyz' else 'uchar'} {k}" for k in vertex]
+        lines += ["end_header"] + [" ".join(f"{v:g}" for v in row)
+                                   for row in np.stack(list(vertex.values()), 1)]
+        path.write_text("\n".join(lines) + "\n")
+    return len(coord)
+
+
+@pytest.mark.slow
+def test_predict_labels_a_directory_of_ply_files(export_dir, tmp_path, capsys):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    sizes = {"a_binary": _scene_ply(scenes / "a_binary.ply", labels.S3DIS, True),
+             "b_ascii": _scene_ply(scenes / "b_ascii.ply", labels.S3DIS, False)}
+    out = tmp_path / "out"
+    rc = predict.main(["--checkpoint", export_dir, "--dataset", "s3dis", "--input", str(scenes),
+                       "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    for name, size in sizes.items():
+        vertex = ply.read_ply(str(out / f"{name}.ply"))["vertex"]
+        assert len(vertex) == size
+        label = vertex["label"]
+        assert label.min() >= 0 and label.max() < labels.num_classes(labels.S3DIS)
+        rgb = np.stack([vertex[c] for c in ("red", "green", "blue")], 1)
+        np.testing.assert_array_equal(rgb, render.colorize(label, labels.S3DIS))
+        assert ((vertex["confidence"] > 0) & (vertex["confidence"] <= 1 + 1e-6)).all()
+        with Image.open(out / f"{name}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 500
+
+
+@pytest.mark.slow
+def test_predict_errors_are_clear(export_dir, tmp_path, capsys):
+    scene = tmp_path / "x.ply"
+    _scene_ply(scene, labels.SCANNET, True)
+    args = ["--input", str(scene), "--out", str(tmp_path / "o")]
+    assert predict.main(["--checkpoint", export_dir, "--dataset", "matterport", *args]) == 2
+    assert "--dataset 'matterport': this model was trained on" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(tmp_path), "--dataset", "scannet", *args]) == 2
+    assert f"{tmp_path}: not an exported model: expected config.json" in capsys.readouterr().err
+    notply = tmp_path / "bad.ply"
+    notply.write_text("solid cube\n")
+    assert predict.main(["--checkpoint", export_dir, "--dataset", "scannet", "--input",
+                         str(notply), "--out", str(tmp_path / "o")]) == 2
+    assert f"{notply}: not a PLY file" in capsys.readouterr().err
