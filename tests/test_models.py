@@ -12,6 +12,7 @@ from ppt_jax import labels, models, sparse
 from ppt_jax.models import heads
 from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
 from ppt_jax.models.norm import PDNorm
+from ppt_jax.models.spunet import SparseConv
 
 DATASETS = labels.DATASETS                       # ScanNet 20, S3DIS 13, Structured3D 25 classes
 SMALL = dict(channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1), base_channels=8,
@@ -61,14 +62,20 @@ def filled_variables(model, feat, h, cond, seed=0):
 
 @pytest.fixture(scope="module")
 def small_batch():
-    """A padded, mixed-dataset batch and the small model's own (jit-compiled, once) init."""
+    """A padded, mixed-dataset batch, the small model and random variables for it."""
     rng = np.random.default_rng(6)
     coords, mask, feat = scenes(rng, [40, 23], 48)
     h = build(coords, mask, 48)
     cond = np.array([0, 2])
     model = small_ppt()
-    v = jax.jit(model.init)(jax.random.PRNGKey(0), feat, h, cond)
+    v = filled_variables(model, feat, h, cond)
     return model, v, (coords, mask, feat, h, cond)
+
+
+@functools.lru_cache
+def train_apply(model):
+    """Jitted train-mode apply, cached per model so that tests share compilations."""
+    return jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
 
 
 # ---------------------------------------------------------------- PDNorm vs float64 numpy
@@ -160,20 +167,27 @@ def test_heads_shapes_masks_and_union_columns():
     mask = heads.class_mask(DATASETS)
     assert mask.shape == (3, 25) and mask.sum(1).tolist() == [20, 13, 25]
     text = unit_rows(rng, 36, 10)
-    union_vars = None
-    for head in (heads.DecoupledHead(DATASETS), heads.UnionHead(DATASETS),
-                 heads.LanguageHead(DATASETS, text)):
-        v = head.init(jax.random.PRNGKey(0), feat, cond)
-        union_vars = v if isinstance(head, heads.UnionHead) else union_vars
-        logits = head.apply(v, feat, cond)
+    all_heads = (heads.DecoupledHead(DATASETS), heads.UnionHead(DATASETS),
+                 heads.LanguageHead(DATASETS, text), heads.UnionHead(DATASETS, "code_faithful"))
+
+    @jax.jit                                         # one compilation for all heads
+    def run(key, feat, cond):
+        out = []
+        for head in all_heads[:3]:
+            v = head.init(key, feat, cond)
+            out.append((v, head.apply(v, feat, cond)))
+        return out, all_heads[3].apply(out[1][0], feat, cond)
+
+    out, faithful = run(jax.random.PRNGKey(0), feat, cond)
+    for _, logits in out:
         assert logits.shape == (3, 7, 25) and logits.dtype == jnp.float32
         for b, d in enumerate(cond):
             assert np.all(logits[b][:, ~mask[d]] == heads.MASKED)
             assert np.all(np.abs(logits[b][:, mask[d]]) < 1e3)
     # The union head shows each sample exactly its dataset's union columns, in label order.
-    for order in ("intended", "code_faithful"):
-        logits = heads.UnionHead(DATASETS, order).apply(union_vars, feat, cond)
-        full = feat @ union_vars["params"]["kernel"] + union_vars["params"]["bias"]
+    union_vars = out[1][0]
+    full = feat @ union_vars["params"]["kernel"] + union_vars["params"]["bias"]
+    for order, logits in (("intended", out[1][1]), ("code_faithful", faithful)):
         s3 = list(labels.valid_index("S3DIS", order))
         np.testing.assert_allclose(logits[2][:, :13], full[2][:, s3], rtol=1e-5, atol=1e-5)
     assert labels.valid_index("S3DIS")[0] == labels.UNION_NAMES.index("ceiling")
@@ -208,12 +222,13 @@ def test_forward_backward_padded_mixed_batch(small_batch):
     rng = np.random.default_rng(6)
     segment = np.where(mask, rng.integers(0, 13, mask.shape), -1)
 
-    def loss_fn(params):
+    def loss_fn(params, feat, h, segment):
         logits, upd = model.apply({"params": params, "batch_stats": v["batch_stats"]}, feat, h,
                                   cond, train=True, mutable=["batch_stats"])
         return models.segmentation_loss(logits, segment), (logits, upd)
 
-    (loss, (logits, upd)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(v["params"])
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss, (logits, upd)), grads = grad_fn(v["params"], feat, h, segment)
     assert logits.shape == (2, 48, 25) and np.isfinite(loss)
     leaves = jax.tree_util.tree_leaves_with_path(grads)
     assert all(np.all(np.isfinite(g)) for _, g in leaves)
@@ -225,17 +240,13 @@ def test_forward_backward_padded_mixed_batch(small_batch):
 
 
 def test_padding_does_not_change_real_sites(small_batch):
-    """Same scenes with more padding (and larger level capacities): identical logits at real sites,
-    in train mode (batch statistics) and eval mode (running statistics)."""
+    """Same scenes with more padding (and larger level capacities): identical logits at real sites
+    in train mode, where batch statistics must exclude the padding (eval mode normalises per row)."""
     model, v, (coords, mask, feat, h, cond) = small_batch
     pad = lambda a: np.concatenate([a, np.zeros((2, 24, *a.shape[2:]), a.dtype)], axis=1)
-    h2 = build(pad(coords), pad(mask), 72)
-    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
-    for train in (True, False):
-        run = lambda f, hh: apply(v, f, hh, cond, train=train, mutable=("batch_stats",))[0]
-        a, b = run(feat, h), run(pad(feat), h2)
-        np.testing.assert_allclose(np.asarray(b)[:, :48][mask], np.asarray(a)[mask], rtol=2e-4,
-                                   atol=2e-4)
+    a = train_apply(model)(v, feat, h, cond)[0]
+    b = train_apply(model)(v, pad(feat), build(pad(coords), pad(mask), 72), cond)[0]
+    np.testing.assert_allclose(np.asarray(b)[:, :48][mask], np.asarray(a)[mask], rtol=2e-4, atol=2e-4)
 
 
 def test_adapters_heads_and_prompt_group(small_batch):
@@ -243,9 +254,8 @@ def test_adapters_heads_and_prompt_group(small_batch):
     for adapter, head in (("add", "decoupled"), ("cross_attention", "unionized"),
                           ("none", "unionized")):
         model = small_ppt(adapter=adapter, head=head)
-        v = filled_variables(model, feat, h, cond)
-        logits = jax.jit(model.apply)(v, feat, h, cond)
-        assert logits.shape == (2, 48, 25)
+        v = jax.eval_shape(model.init, jax.random.PRNGKey(0), feat, h, cond)
+        assert jax.eval_shape(model.apply, v, feat, h, cond).shape == (2, 48, 25)
         paths = [jax.tree_util.keystr(p) for p, _ in
                  jax.tree_util.tree_leaves_with_path(v["params"])]
         selected = [p for p, s in zip(paths, jax.tree_util.tree_leaves(
@@ -268,9 +278,8 @@ def test_bfloat16_compute_keeps_float32_params_and_stats(small_batch):
     bf16 = small_ppt(dtype=jnp.bfloat16)
     shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), feat, h, cond)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes))
-    apply = lambda m: jax.jit(functools.partial(m.apply, train=True, mutable=["batch_stats"]))
-    a = apply(model)(v, feat, h, cond)[0]
-    b, upd = apply(bf16)(v, feat, h, cond)
+    a = train_apply(model)(v, feat, h, cond)[0]
+    b, upd = train_apply(bf16)(v, feat, h, cond)
     assert b.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(upd))
     real = np.asarray(a)[mask][:, :20]
@@ -280,24 +289,31 @@ def test_bfloat16_compute_keeps_float32_params_and_stats(small_batch):
 
 def test_init_matches_reference(small_batch):
     """spec §14: subm convs and Linear trunc_normal(0.02), strided/inverse U(+-1/sqrt(8 C_in)),
-    BN 1/0, prompts N(0,1), proj_head PyTorch default U(+-1/sqrt(96))."""
-    model, v, _ = small_batch
-    p, bb = v["params"], v["params"]["backbone"]
-    subm = np.concatenate([np.ravel(bb[f"enc_{s}"]["block0"][c]["kernel"])
-                           for s in range(4) for c in ("conv1", "conv2")])
-    assert abs(subm.std() - 0.02) < 0.002 and abs(subm.mean()) < 0.002
-    for unit in ("down_1", "up_2"):
-        w = np.asarray(bb[unit]["conv"]["kernel"])
-        bound = 1 / np.sqrt(8 * w.shape[1])
-        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
-    bn = bb["dec_0"]["block0"]["bn1"]
-    assert np.all(bn["scale"] == 1) and np.all(bn["bias"] == 0)
-    mod = np.asarray(bb["conv_input"]["bn"]["modulation"]["kernel"])
-    assert abs(mod.std() - 0.02) < 0.003 and np.all(bb["conv_input"]["bn"]["modulation"]["bias"] == 0)
-    assert 0.6 < np.asarray(p["prompt_table"]).std() < 1.4
-    proj = np.asarray(p["seg_head"]["proj_head"]["kernel"])
-    assert np.abs(proj).max() <= 1 / np.sqrt(8) and np.any(p["seg_head"]["proj_head"]["bias"])
-    assert np.all(v["batch_stats"]["backbone"]["up_0"]["bn"]["var"] == 1)
+    BN 1/0, prompts N(0,1), proj_head PyTorch default U(+-1/sqrt(F)); checked per module (a whole
+    model init compiles ~60 random ops, too slow for this suite)."""
+    model, _, (coords, mask, feat, h, cond) = small_batch
+    key = jax.random.PRNGKey(0)
+    x = np.ones((2, 48, 32), np.float32)
+    conv = lambda kind, k=3: jax.jit(SparseConv(32, kind, 0, k).init)(key, x, h)["params"]["kernel"]
+    subm = np.asarray(conv("subm"))
+    assert abs(subm.std() - 0.02) < 0.001 and abs(subm.mean()) < 0.001
+    for kind in ("down", "up"):
+        w = np.asarray(conv(kind))
+        bound = 1 / np.sqrt(8 * 32)
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    ctx = np.ones((2, 256), np.float32)
+    v = jax.jit(PDNorm(3).init, static_argnums=5)(key, x, mask, cond, ctx, False)
+    assert np.all(v["params"]["scale"] == 1) and np.all(v["params"]["bias"] == 0)
+    mod = v["params"]["modulation"]
+    assert abs(np.std(mod["kernel"]) - 0.02) < 0.001 and np.all(mod["bias"] == 0)
+    assert np.all(v["batch_stats"]["var"] == 1) and np.all(v["batch_stats"]["mean"] == 0)
+    big = models.PPT(DATASETS, context_channels=4096, text_table=np.eye(36, 8))
+    table = big.init(key, method=lambda m: m.prompt_table)["params"]["prompt_table"]
+    assert table.shape == (3, 4096) and abs(np.std(table) - 1) < 0.03
+    head = heads.LanguageHead(DATASETS, unit_rows(np.random.default_rng(0), 36, 512))
+    proj = jax.jit(head.init)(key, x, cond)["params"]["proj_head"]
+    for w in (proj["kernel"], proj["bias"]):
+        assert np.abs(w).max() <= 1 / np.sqrt(32) and np.abs(w).max() > 0.95 / np.sqrt(32)
 
 
 def test_full_size_parameter_count():
