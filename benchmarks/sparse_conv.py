@@ -10,6 +10,7 @@ Times are medians after a warm-up run; peak RSS is the process's high-water mark
 """
 
 import argparse
+import importlib.metadata
 import resource
 import time
 
@@ -66,6 +67,19 @@ def median_time(fn, *args, runs=5):
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def interleaved(fns, runs):
+    """Median seconds of each callable, timed in turns (ABAB...) so that load drift hits all alike."""
+    for f in fns:
+        f()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for f, ts in zip(fns, times):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+    return [float(np.median(ts)) for ts in times]
 
 
 def peak_rss_gb():
@@ -175,8 +189,9 @@ def bench_spconv(h, coords, runs):
     torch.set_num_threads(1)  # spconv's CPU kernels race with more threads (wrong rows)
     n = len(coords)
     rng = np.random.default_rng(2)
-    print(f"\nspconv {spconv.__version__ if hasattr(spconv, '__version__') else ''} (torch "
-          f"{torch.__version__}, 1 thread), same sites, float32, cached kernel maps; ratio = ours / spconv")
+    print(f"\nspconv {importlib.metadata.version('spconv')} (torch "
+          f"{torch.__version__}, 1 thread; XLA uses its default threads), same sites, float32, cached kernel "
+          "maps, timed in turns; ratio = ours / spconv")
     fwd, fwd_bwd = subm_fns(h)
     for c in (32, 64, 128):
         x = rng.normal(size=(n, c)).astype(np.float32)
@@ -200,25 +215,18 @@ def bench_spconv(h, coords, runs):
         ref = np.asarray(fwd(x, w))
         diff = np.abs(y0.features.detach().numpy() - ref).max()
 
-        def timed(f, runs=runs):
-            f()
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t)
-            return float(np.median(ts))
+        def spconv_fwd():
+            with torch.no_grad():
+                run_fwd()
 
-        def fb():
+        def spconv_fb():
             xt.grad = None
             conv.weight.grad = None
             run_fwd().backward(torch.from_numpy(ct))
 
-        with torch.no_grad():
-            tf_s = timed(run_fwd)
-        tb_s = timed(fb)
-        tf_j = median_time(fwd, x, w, runs=runs)
-        tb_j = median_time(fwd_bwd, x, w, ct, runs=runs)
+        tf_s, tb_s, tf_j, tb_j = interleaved(
+            [spconv_fwd, spconv_fb, lambda: jax.block_until_ready(fwd(x, w)),
+             lambda: jax.block_until_ready(fwd_bwd(x, w, ct))], runs)
         print(f"  C={c:<4} spconv fwd {tf_s:.3f} s fwd+bwd {tb_s:.3f} s | ours fwd {tf_j:.3f} s fwd+bwd {tb_j:.3f} s"
               f" | ratio fwd {tf_j / tf_s:.2f} fwd+bwd {tb_j / tb_s:.2f} | max|diff| {diff:.1e}")
 

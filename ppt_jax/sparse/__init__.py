@@ -4,6 +4,11 @@
     h = build_hierarchy(grid_coord, mask, spec)     # under jit; jax.vmap for batches
     check_hierarchy(h)                              # host side: raises on dropped / out-of-bound sites
     y = subm_conv(x, h, level, w); down_conv(...); up_conv(...)
+
+Errors on data cannot be raised inside jit: the hierarchy counts them (`dropped_sites`, `out_of_bound`)
+and `check_hierarchy` turns the counts into a ValueError naming the problem and the setting to change.
+Everything is deterministic: sorts are stable, scatters write unique indices, the convs' backward
+passes are gathers (no scatter-add), so outputs and gradients are bitwise reproducible.
 """
 
 from ppt_jax.sparse.conv import down_conv, subm_conv, up_conv
