@@ -212,3 +212,18 @@ def test_converted_basic_block_matches_float64_numpy(small_import):
                       x[None].astype(np.float32), h, np.array([cond]), ctx, False)
     want = numpy_basic_block(ref, "backbone.dec.0.block0", coords, x, "S3DIS")
     np.testing.assert_allclose(np.asarray(got[0]), want, rtol=1e-4, atol=1e-4)
+
+
+def test_bare_backbone_state_dict(small_import):
+    """A SpUNet-v1m3 state dict (no `backbone.` prefix) fills the backbone; strict=False keeps the
+    prompt table and head of a concrete template and says so."""
+    ref, v, _ = small_import
+    bare = {k[len("backbone."):]: a for k, a in ref.items() if k.startswith("backbone.")}
+    tmpl = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template(SMALL, 16, 12))
+    with pytest.raises(KeyError, match="embedding_table"):
+        pi.convert(bare, tmpl, labels.DATASETS)
+    got, report = pi.convert(bare, tmpl, labels.DATASETS, strict=False)
+    assert sorted(report.kept_from_template) == ["params/prompt_table", "params/seg_head/proj_head/bias",
+                                                 "params/seg_head/proj_head/kernel"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got["params"]["backbone"], v["params"]["backbone"])
+    assert not np.any(got["params"]["prompt_table"])
