@@ -112,8 +112,10 @@ def synthetic_default(datasets):
     s.overrides = {
         "model": {"channels": (16, 16, 32, 32, 32, 32, 16, 16), "layers": (1, 1, 1, 1, 1, 1, 1, 1),
                   "base_channels": 16, "context_channels": 32},
-        "data": {"batch_size": 4, "num_sites": 4096, "eval_num_sites": 8192,
-                 "eval_num_points": 16384, "test_batch_size": 4, "num_parallel_calls": 2},
+        "data": {"batch_size": 4, "num_sites": 4096, "eval_num_sites": 16384,
+                 "eval_num_points": 32768, "test_batch_size": 4, "num_parallel_calls": 2},
         "train": {"steps": 300, "log_every": 25, "checkpoint_every": 100},
+        # Measured level-size ratios of these rooms at 2 cm: about 1, 0.99, 0.94, 0.76, 0.42.
+        "sparse": {"level_fractions": (1.0, 1.0, 1.0, 0.875, 0.5)},
     }
     return s

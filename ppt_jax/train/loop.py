@@ -45,10 +45,14 @@ class Recorder:
             return
         self.file.write(json.dumps(record, default=_json_default) + "\n")
         self.file.flush()
-        with self.tb.as_default():
-            for name, value in (scalars or {}).items():
-                tf.summary.scalar(name, float(value), step=int(record.get("step", 0)))
-        self.tb.flush()
+        if scalars:
+            # A raw Summary proto: tf.summary.scalar needs the tensorboard package, this does not.
+            summary = tf.compat.v1.Summary(value=[
+                tf.compat.v1.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()])
+            with self.tb.as_default():
+                tf.summary.experimental.write_raw_pb(summary.SerializeToString(),
+                                                     step=int(record.get("step", 0)))
+            self.tb.flush()
 
     def close(self):
         if self.active:
@@ -118,12 +122,11 @@ def train(config, workdir):
     state = setup.new_state(variables, tx, cfg.seed, run.mesh)
     ckpts = checkpoint.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     restored = ckpts.restore(state)
-    best = -1.0
+    best, start = -1.0, 0
     if restored is not None:
         state, meta = restored
-        best = meta.get("best_mIoU", -1.0)
-        log.info("Resumed from step %d (data position %s)", int(state.step), meta["data"])
-    start = int(state.step)
+        best, start = meta["best_mIoU"], meta["data"]["step"]
+        log.info("Resumed at data step %d (%d updates applied)", start, int(state.step))
     train_spec = setup.hierarchy_spec(cfg, cfg.data.num_sites)
     train_step = step_lib.make_train_step(run.model, tx, lr_fn, train_spec, len(run.conditions),
                                           run.mesh)
@@ -135,10 +138,8 @@ def train(config, workdir):
     preempt = checkpoint.Preemption()
     window, t0, last = [], time.time(), start
 
-    def save(step_now, meta_extra=None):
-        meta = {"data": batches.state(), "best_mIoU": best, **(meta_extra or {})}
-        ckpts.save(step_now, state, meta)
-        return meta
+    def save(step_now):
+        ckpts.save(step_now, state, {"data": batches.state(), "best_mIoU": best})
 
     try:
         for step in range(start, steps):
@@ -154,7 +155,7 @@ def train(config, workdir):
                 log.error("%s; skipping the batch (config.train.on_nonfinite='skip')", msg)
             if m["dropped_sites"].any():
                 log.warning("step %d: hierarchy dropped sites per level %s (raise "
-                                "config.sparse.level_fractions)", step, m["dropped_sites"].tolist())
+                            "config.sparse.level_fractions)", step, m["dropped_sites"].tolist())
             window.append(float(m["loss"]))
             done = step + 1
             if done % cfg.train.log_every == 0 or done == steps:
@@ -162,8 +163,7 @@ def train(config, workdir):
                 eta = (steps - done) / max(rate, 1e-9)
                 loss = float(np.mean(window))
                 log.info("step %d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.2f steps/s  ETA %s",
-                             done, steps, loss, m["lr"], m["grad_norm"], rate,
-                             time.strftime("%H:%M:%S", time.gmtime(eta)))
+                         done, steps, loss, m["lr"], m["grad_norm"], rate, _hms(eta))
                 rec.write({"event": "train", "step": done, "loss": loss, "last_loss": float(m["loss"]),
                            "lr": m["lr"], "grad_norm": m["grad_norm"], "steps_per_s": rate,
                            "dataset_rows": m["dataset_rows"].tolist(), **bm,
@@ -192,6 +192,11 @@ def train(config, workdir):
         preempt.close()
         rec.close()
         ckpts.close()
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _record_eval(run, rec, ckpts, state, step, results, best, batches):
@@ -226,9 +231,11 @@ def _variables(state):
 def evaluate_state(run, state):
     """Single-pass full-resolution validation of every `config.eval.datasets` split."""
     cfg = run.config
-    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites)
-    eval_step = step_lib.make_eval_step(run.model, spec, len(run.conditions), run.num_classes,
-                                        run.mesh)
+    if "eval" not in run.steps:
+        spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites)
+        run.steps["eval"] = step_lib.make_eval_step(run.model, spec, len(run.conditions),
+                                                    run.num_classes, run.mesh)
+    eval_step = run.steps["eval"]
     variables = _variables(state)
     results = {}
     for name in cfg.eval.datasets:

@@ -73,7 +73,7 @@ def resolve_data(config, workdir):
 def text_table(config, workdir):
     """(table or None, info dict). CLIP unavailable -> the configured fallback encoder, said loudly."""
     t = config.text
-    info = {"requested": t.encoder, "used": None, "note": ""}
+    info = {"requested": t.encoder, "used": None, "note": "", "reason": ""}
     if config.model.head != "language":
         return None, info
     if not t.allow_download:
@@ -88,10 +88,10 @@ def text_table(config, workdir):
     except text.EncoderUnavailable as e:
         if not t.fallback:
             raise
-        info["used"] = t.fallback
-        info["note"] = (f"{t.encoder} weights unavailable ({e}); using the {t.fallback} text encoder "
-                        f"instead (config.text.fallback)")
-        log.warning("TEXT ENCODER: %s", info["note"])
+        info["used"], info["reason"] = t.fallback, str(e)
+        info["note"] = (f"text encoder {t.fallback}, NOT {t.encoder}: {t.encoder} weights unavailable"
+                        f" (config.text.fallback)")
+        log.warning("TEXT ENCODER: %s. %s", info["note"], e)
         table = text.class_embeddings(t.fallback, **kwargs)
     return table, info
 
@@ -140,6 +140,7 @@ class Run:
     cond_map: np.ndarray
     text_info: dict
     synthetic: bool
+    steps: dict = dataclasses.field(default_factory=dict)   # jitted eval steps, built once
 
     @property
     def conditions(self):
