@@ -207,7 +207,9 @@ def hierarchy_capacities(rows, num_sites, levels, multiple=256):
     for g in rows:
         g = np.asarray(g, np.int64)
         for level in range(1, levels):
-            caps[level] = max(caps[level], _round_up(len(np.unique(g >> level, axis=0)), multiple))
+            c = g >> level
+            key = (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]      # coordinates < 2^21
+            caps[level] = max(caps[level], _round_up(len(np.unique(key)), multiple))
     return tuple(min(c, num_sites) for c in caps)
 
 
