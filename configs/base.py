@@ -104,7 +104,7 @@ def synthetic_default(datasets):
     """The embedded default: synthetic shards + a recipe scaled to ~10 minutes on a 2-core CPU."""
     s = ml_collections.ConfigDict()
     s.enabled = True
-    s.scenes = (48, 24, 12)            # Structured3D, ScanNet, S3DIS (data_prep.synthetic order)
+    s.scenes = (32, 16, 8)             # Structured3D, ScanNet, S3DIS (data_prep.synthetic order)
     s.val_scenes = (4, 4, 4)
     s.density = 0.02
     s.seed = 0
