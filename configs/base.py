@@ -108,7 +108,7 @@ def synthetic_default(datasets):
     s.val_scenes = (4, 4, 4)
     s.density = 0.02
     s.seed = 0
-    s.workers = 2
+    s.workers = 1                      # per-split worker pools cost a TensorFlow import each; 1 is fastest here
     s.overrides = {
         "model": {"channels": (16, 16, 32, 32, 32, 32, 16, 16), "layers": (1, 1, 1, 1, 1, 1, 1, 1),
                   "base_channels": 16, "context_channels": 32},
