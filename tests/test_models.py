@@ -72,10 +72,25 @@ def small_batch():
     return model, v, (coords, mask, feat, h, cond)
 
 
-@functools.lru_cache
 def train_apply(model):
-    """Jitted train-mode apply, cached per model so that tests share compilations."""
     return jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+
+
+@pytest.fixture(scope="module")
+def train_step(small_batch):
+    """Loss, logits, updated statistics and gradients of one train-mode step (compiled once; the
+    logits are the reference of the padding and bfloat16 tests)."""
+    model, v, (coords, mask, feat, h, cond) = small_batch
+    segment = np.where(mask, np.random.default_rng(6).integers(0, 13, mask.shape), -1)
+
+    def loss_fn(params, feat, h, segment):
+        logits, upd = model.apply({"params": params, "batch_stats": v["batch_stats"]}, feat, h,
+                                  cond, train=True, mutable=["batch_stats"])
+        return models.segmentation_loss(logits, segment), (logits, upd)
+
+    (loss, (logits, upd)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        v["params"], feat, h, segment)
+    return loss, np.asarray(logits), upd, grads
 
 
 # ---------------------------------------------------------------- PDNorm vs float64 numpy
@@ -217,18 +232,8 @@ def test_language_loss_hand_computed():
 
 # ---------------------------------------------------------------- the whole model
 
-def test_forward_backward_padded_mixed_batch(small_batch):
-    model, v, (coords, mask, feat, h, cond) = small_batch
-    rng = np.random.default_rng(6)
-    segment = np.where(mask, rng.integers(0, 13, mask.shape), -1)
-
-    def loss_fn(params, feat, h, segment):
-        logits, upd = model.apply({"params": params, "batch_stats": v["batch_stats"]}, feat, h,
-                                  cond, train=True, mutable=["batch_stats"])
-        return models.segmentation_loss(logits, segment), (logits, upd)
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss, (logits, upd)), grads = grad_fn(v["params"], feat, h, segment)
+def test_forward_backward_padded_mixed_batch(train_step):
+    loss, logits, upd, grads = train_step
     assert logits.shape == (2, 48, 25) and np.isfinite(loss)
     leaves = jax.tree_util.tree_leaves_with_path(grads)
     assert all(np.all(np.isfinite(g)) for _, g in leaves)
@@ -239,14 +244,14 @@ def test_forward_backward_padded_mixed_batch(small_batch):
     assert np.any(stats[0]) and np.any(stats[2]) and not np.any(stats[1])
 
 
-def test_padding_does_not_change_real_sites(small_batch):
+def test_padding_does_not_change_real_sites(small_batch, train_step):
     """Same scenes with more padding (and larger level capacities): identical logits at real sites
     in train mode, where batch statistics must exclude the padding (eval mode normalises per row)."""
     model, v, (coords, mask, feat, h, cond) = small_batch
     pad = lambda a: np.concatenate([a, np.zeros((2, 24, *a.shape[2:]), a.dtype)], axis=1)
-    a = train_apply(model)(v, feat, h, cond)[0]
+    a = train_step[1]
     b = train_apply(model)(v, pad(feat), build(pad(coords), pad(mask), 72), cond)[0]
-    np.testing.assert_allclose(np.asarray(b)[:, :48][mask], np.asarray(a)[mask], rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(b)[:, :48][mask], a[mask], rtol=2e-4, atol=2e-4)
 
 
 def test_adapters_heads_and_prompt_group(small_batch):
@@ -273,12 +278,12 @@ def test_adapters_heads_and_prompt_group(small_batch):
             jax.eval_shape(model.init, jax.random.PRNGKey(0), feat, h, cond)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_stats(small_batch):
+def test_bfloat16_compute_keeps_float32_params_and_stats(small_batch, train_step):
     model, v, (coords, mask, feat, h, cond) = small_batch
     bf16 = small_ppt(dtype=jnp.bfloat16)
     shapes = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), feat, h, cond)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes))
-    a = train_apply(model)(v, feat, h, cond)[0]
+    a = train_step[1]
     b, upd = train_apply(bf16)(v, feat, h, cond)
     assert b.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(upd))
