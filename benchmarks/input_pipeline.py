@@ -20,21 +20,15 @@ import time
 
 import numpy as np
 
-from data_prep import synthetic
+from benchmarks.synthetic_data import timed_generate
 from ppt_jax.data import augment, pipeline, records
 
 STEP_SECONDS = 7.0  # a full-size 1-scene train step on the 2-core host
 
 
 def _preprocess(out, scenes, density):
-    start = time.perf_counter()
-    result = synthetic.generate(out, scenes=scenes, val_scenes=(1, 1, 1), density=density, workers=1,
-                                scenes_per_shard=4, progress=False)
-    seconds = time.perf_counter() - start
-    summaries = [s for splits in result.values() for s in splits.values()]
-    points = sum(s.num_points for s in summaries)
-    sites = sum(s.num_sites for s in summaries)
-    count = sum(s.num_written for s in summaries)
+    seconds, count, points, sites = timed_generate(out, scenes=scenes, val_scenes=(1, 1, 1),
+                                                   density=density, workers=1, scenes_per_shard=4)
     print(f"preprocessing (1 worker): {count} scenes, {points:,} points -> {sites:,} 1 cm sites in "
           f"{seconds:.1f} s: {count / seconds:.2f} scenes/s/core, {points / seconds:,.0f} points/s/core")
 

@@ -30,6 +30,16 @@ def _scenes(domain, count, density, prefix="bench"):
           f"{sizes.mean():,.0f} (min {sizes.min():,}, max {sizes.max():,})")
 
 
+def timed_generate(out, **kwargs):
+    """`synthetic.generate(out, **kwargs)` timed: (seconds, scenes written, raw points, 1 cm sites)."""
+    start = time.perf_counter()
+    result = synthetic.generate(out, progress=False, **kwargs)
+    seconds = time.perf_counter() - start
+    summaries = [s for splits in result.values() for s in splits.values()]
+    return (seconds, sum(s.num_written for s in summaries), sum(s.num_points for s in summaries),
+            sum(s.num_sites for s in summaries))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--density", type=float, default=synthetic.DEFAULT_DENSITY)
@@ -47,13 +57,8 @@ def main():
 
     counts = [int(c) for c in args.scenes.split(",")]
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        result = synthetic.generate(out, counts, density=args.density, workers=args.workers, progress=False)
-        seconds = time.perf_counter() - start
-    summaries = [s for splits in result.values() for s in splits.values()]
-    scenes = sum(s.num_written for s in summaries)
-    points = sum(s.num_points for s in summaries)
-    sites = sum(s.num_sites for s in summaries)
+        seconds, scenes, points, sites = timed_generate(out, scenes=counts, density=args.density,
+                                                        workers=args.workers)
     print(f"generate {counts} (+ val), {args.workers} workers: {scenes} scenes, {points:,} points -> "
           f"{sites:,} 1 cm sites in {seconds:.1f} s ({scenes / seconds:.1f} scenes/s)")
 
