@@ -197,14 +197,12 @@ def test_reference_ratio_schedule_exact():
     assert sched.epoch_length == 70
 
 
-def test_host_split_partitions_scenes():
-    for num, hosts in [(17, 3), (8, 2), (5, 1)]:
-        parts = [schedule.host_scenes(num, 0, (0, 1, 0), h, hosts) for h in range(hosts)]
-        joined = np.concatenate(parts)
-        assert all(len(p) == num // hosts for p in parts)
-        assert len(np.unique(joined)) == len(joined) == num // hosts * hosts
-        other_epoch = schedule.host_scenes(num, 0, (0, 2, 0), 0, hosts)
-        assert not np.array_equal(other_epoch, parts[0]) or num // hosts < 3
+def test_pass_scenes_are_a_fresh_permutation_per_pass():
+    for num in (17, 8, 5):
+        first = schedule.pass_scenes(num, 0, (0, 1, 0))
+        assert sorted(first) == list(range(num))
+        np.testing.assert_array_equal(first, schedule.pass_scenes(num, 0, (0, 1, 0)))
+        assert not np.array_equal(schedule.pass_scenes(num, 0, (0, 2, 0)), first)
 
 
 def test_train_batches_static_shapes_and_padding(splits):
@@ -294,23 +292,30 @@ def test_per_sample_mixing_rows_follow_the_schedule(splits):
     assert pipeline.steps_per_epoch(cfg) == (8 // 4 * 7 + 0) // 7
 
 
-def test_multi_host_iterators_read_disjoint_scenes(splits):
-    cfg = _config(splits, mix_prob=0.0)
-    rows = [pipeline._TrainRows(cfg, h, 2) for h in range(2)]
-    keys = [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
-    for key in keys:
-        a, b = (r._scenes(key[0], key) for r in rows)
-        assert len(a) == len(b) and not set(a) & set(b)
-    batches = [next(pipeline.train_dataset(cfg, h, 2)) for h in range(2)]
-    assert not np.array_equal(batches[0]["feat"], batches[1]["feat"])
+@pytest.mark.parametrize("mixing", ["round_robin", "per_sample"])
+def test_hosts_read_their_rows_of_the_same_global_batches(splits, mixing):
+    """2 hosts x 2 rows = 1 host x 4 rows, step by step and row by row, across an epoch end."""
+    cfg = _config(splits, batch_size=4, mix_prob=0.5, mixing=mixing)
+    one = _take(pipeline.train_dataset(cfg), 5)
+    hosts = [_take(pipeline.train_dataset(cfg, h, 2, start_step=2), 3) for h in range(2)]
+    assert pipeline.steps_per_epoch(cfg) == (2 if mixing == "round_robin" else 3)
+    for t, whole in enumerate(one[2:]):
+        for k in whole:
+            assert hosts[0][t][k].shape[0] == 2
+            np.testing.assert_array_equal(np.concatenate([hosts[0][t][k], hosts[1][t][k]]), whole[k])
+    with pytest.raises(ValueError, match="batch_size: 4 rows per global batch do not split over 3"):
+        pipeline.train_dataset(cfg, 0, 3)
 
 
 def test_eval_host_split_is_lockstep_and_complete():
-    for num, batch, hosts in [(7, 2, 3), (4, 4, 2), (1, 1, 2)]:
+    for num, batch, hosts in [(7, 2, 2), (4, 4, 2), (1, 2, 2), (10, 3, 3)]:
         parts = [pipeline._host_positions(num, batch, h, hosts) for h in range(hosts)]
-        assert len({len(p) for p in parts}) == 1 and len(parts[0]) % batch == 0
-        real = np.concatenate([p[p >= 0] for p in parts])
-        assert sorted(real) == list(range(num))
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) % (batch // hosts) == 0
+        # host h holds the h-th slice of every global batch of the one-host order
+        joined = np.stack([p.reshape(-1, batch // hosts) for p in parts], 1).reshape(-1)
+        one = pipeline._host_positions(num, batch, 0, 1)
+        np.testing.assert_array_equal(joined, one)
+        assert sorted(one[one >= 0]) == list(range(num)) and (one[num:] == -1).all()
 
 
 @pytest.fixture(scope="module")

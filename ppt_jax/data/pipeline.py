@@ -1,14 +1,18 @@
 """The tf.data input pipeline: shards -> augmented, statically shaped numpy batches (design.md §1, §6).
 
-Training (`train_dataset`): for global step t and row b, a pure function of (config, host, t, b) picks
-the dataset (the reference's ratio round-robin, `schedule.RatioSchedule`), the scene (a fresh seeded
-permutation per pass, dealt to hosts, `schedule.host_scenes`), and the scene's augmentation seed
+Training (`train_dataset`): for global step t and global row b, a pure function of (config, t, b)
+picks the dataset (the reference's ratio round-robin, `schedule.RatioSchedule`), the scene (a fresh
+seeded permutation per pass, `schedule.pass_scenes`), and the scene's augmentation seed
 (seed, dataset, epoch, restart, scene, role). tf.data runs these rows through `tf.numpy_function` with
 `num_parallel_calls` (deterministic order), batches and prefetches. Resuming is re-creating the
 iterator at `start_step` (its `state()` is `{"step": t}`): nothing is replayed, no step is skipped.
 Shuffling is a full permutation per pass (no shuffle buffer); scenes are read by record offset
-(`records.SceneIndex`). Each host gets `len // process_count` scenes per pass, so all hosts run the same
-schedule in lockstep.
+(`records.SceneIndex`).
+
+Hosts: `batch_size` is the GLOBAL batch (as the reference's `batch_size`, split over its GPUs). Host p
+of P computes rows [p * B/P, (p + 1) * B/P) of every global batch, which are the rows its devices own
+on a mesh laid out in `jax.devices()` order. The global batch therefore does not depend on how many
+processes read it: P hosts together train exactly what one host does.
 
 The "points" the transforms see are the shard's stored sites (one real point per 1 cm voxel,
 `schema`), not the raw scans: the 2 cm GridSample then picks a random stored site per voxel, where
@@ -25,8 +29,8 @@ mixed batch (probability `mix_prob` per step, from (seed, step)) keeps B rows, a
 independently augmented scenes of its own dataset in the same frame (no re-voxelisation), each
 sphere-cropped to N // 2 sites; a site of the second scene at a grid_coord the first already occupies
 is dropped, so a row is a set of grid coordinates. The second scene of a row is the scene at the same
-position in a second permutation of the host's scenes (never the row's own scene when the host has two
-or more), so a mixed step reads 2B scenes as more, smaller crops, with the same number of sites per
+position in a second permutation of the pass's scenes (never the row's own scene when the dataset has
+two or more), so a mixed step reads 2B scenes as more, smaller crops, with the same number of sites per
 step as an unmixed one, and the epoch accounting does not depend on which steps were mixed.
 
 Evaluation (`eval_dataset`): no augmentation; CenterShift, one seeded random point per 2 cm voxel
@@ -42,7 +46,7 @@ each row site, -1 at padding) and the scene's `inverse`, for softmax voting at f
   ratios              tuple, batches (or samples) per round for each dataset; reference (4, 2, 1)
   mixing              "round_robin": every batch from one dataset (reference) | "per_sample": every row
                       follows the ratio schedule on its own (rows of one batch may differ in condition)
-  batch_size          rows per host per step
+  batch_size          rows per step, all hosts together (each host reads batch_size / hosts)
   num_sites           N, static sites per training row
   grid_size           2 cm sampling grid (metres)
   grid_align          train grid_coord are shifted towards 0 by multiples of this (2^4 for SpUNet's
@@ -53,10 +57,10 @@ each row site, -1 at padding) and the scene's `inverse`, for softmax voting at f
   seed                the one seed of all shuffling and augmentation
   num_parallel_calls  tf.data map parallelism (-1 = AUTOTUNE); order is deterministic regardless
   prefetch            batches prefetched
-  eval_batch_size     rows per validation batch
+  eval_batch_size     rows per validation batch, all hosts together
   eval_num_sites      static sites per eval/test row (no crop at eval: a larger scene is an error)
   eval_num_points     static full-resolution points per eval row (M)
-  test_batch_size     fragment rows per test batch
+  test_batch_size     fragment rows per test batch (test runs on one host)
 """
 
 import functools
@@ -236,26 +240,31 @@ def _pad_points(values, size, what):
 class _TrainRows:
     """The pure function (global row index) -> one training row."""
 
-    def __init__(self, cfg, process_index, process_count):
+    def __init__(self, cfg, process_index=0, process_count=1):
         check_config(cfg)
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         self.cfg = cfg
-        self.process = (process_index, process_count)
+        self.local_batch = host_rows(cfg.batch_size, process_count, "batch_size")
+        self.first_row = process_index * self.local_batch
         self.names = tuple(cfg.datasets)
         self.indexes = [_open_index(cfg.train_dirs[name], name) for name in self.names]
         self.crop_fns = [_crop_budget_fn(cfg, name) for name in self.names]
-        per_host = [len(index) // process_count for index in self.indexes]
-        units = per_host if cfg.mixing == "per_sample" else [n // cfg.batch_size for n in per_host]
+        units = [len(index) if cfg.mixing == "per_sample" else len(index) // cfg.batch_size
+                 for index in self.indexes]
         for name, index, n in zip(self.names, self.indexes, units):
             if n < 1:
                 raise ValueError(f"{name} ({index.split_dir}): {len(index)} scenes cannot fill one "
-                                 f"batch of config.data.batch_size={cfg.batch_size} rows on each of "
-                                 f"{process_count} hosts")
+                                 f"batch of config.data.batch_size={cfg.batch_size} rows")
         self.schedule = schedule.RatioSchedule(units, tuple(cfg.ratios))
 
     def _scenes(self, d, key):
-        return schedule.host_scenes(len(self.indexes[d]), self.cfg.seed, key, *self.process)
+        return schedule.pass_scenes(len(self.indexes[d]), self.cfg.seed, key)
+
+    def global_row(self, local_row):
+        """This host's n-th row -> its index among all rows of all global batches."""
+        step, r = divmod(int(local_row), self.local_batch)
+        return step * self.cfg.batch_size + self.first_row + r
 
     def _sample(self, d, scene, key, role, budget):
         where = f"{self.names[d]} scene #{scene}"
@@ -263,9 +272,10 @@ class _TrainRows:
         rng = np.random.default_rng([self.cfg.seed, 3, *key, scene, role])
         return augment.train_transform(cloud, rng, self.crop_fns[d], budget, self.cfg.grid_size)
 
-    def __call__(self, row):
+    def __call__(self, local_row):
         cfg = self.cfg
-        step, b = divmod(int(row), cfg.batch_size)
+        row = self.global_row(local_row)
+        step, b = divmod(row, cfg.batch_size)
         if cfg.mixing == "round_robin":
             d, epoch, restart, pos = self.schedule.locate(step)
             pos = pos * cfg.batch_size + b
@@ -310,7 +320,7 @@ class TrainIterator:
 
     def __init__(self, cfg, process_index, process_count, start_step):
         rows = _TrainRows(cfg, process_index, process_count)
-        n, b = cfg.num_sites, cfg.batch_size
+        n, b = cfg.num_sites, rows.local_batch
         shapes = ((n, 3), (n,), (n, 6), (n,), (), ())
         dtypes = (tf.int32, tf.bool, tf.float32, tf.int32, tf.int32, tf.int32)
         ds = tf.data.Dataset.range(int(start_step) * b, np.iinfo(np.int64).max)
@@ -332,14 +342,15 @@ class TrainIterator:
 
 
 def train_dataset(cfg, process_index=0, process_count=1, start_step=0):
-    """This host's endless training batches from step `start_step` (see module docstring)."""
+    """This host's rows of the endless global training batches from step `start_step` (see module
+    docstring): (batch_size / process_count, ...) numpy arrays per step."""
     return TrainIterator(cfg, process_index, process_count, start_step)
 
 
-def steps_per_epoch(cfg, process_count=1):
+def steps_per_epoch(cfg):
     """Steps in one epoch (one pass of the first dataset), as in the reference's loader length
     (per-sample mode: samples per epoch // batch_size, batches may straddle epochs)."""
-    return _TrainRows(cfg, 0, process_count).schedule.epoch_length // (
+    return _TrainRows(cfg).schedule.epoch_length // (
         cfg.batch_size if cfg.mixing == "per_sample" else 1)
 
 
@@ -351,12 +362,21 @@ def batch_metrics(batch):
             "data/cropped_sites": int(np.asarray(batch["cropped_sites"]).sum())}
 
 
+def host_rows(batch_size, process_count, field):
+    """Rows of a global batch that each host reads; the batch must split evenly."""
+    if batch_size % process_count:
+        _fail(field, f"{batch_size} rows per global batch do not split over {process_count} hosts")
+    return batch_size // process_count
+
+
 def _host_positions(num_scenes, batch_size, process_index, process_count):
-    """This host's scene positions, padded with -1 (empty rows) to the same batch count on all hosts."""
-    per_host = -(-num_scenes // process_count)
-    rows = -(-per_host // batch_size) * batch_size
-    mine = list(range(process_index, num_scenes, process_count))
-    return np.array(mine + [-1] * (rows - len(mine)), np.int64)
+    """Scene positions of this host's rows of every global batch of `batch_size` rows (the same
+    slicing as training), -1 (empty rows) past the last scene; equal length on all hosts."""
+    local = host_rows(batch_size, process_count, "eval_batch_size")
+    batches = -(-num_scenes // batch_size)
+    rows = np.arange(batches * batch_size).reshape(batches, batch_size)
+    mine = rows[:, process_index * local:(process_index + 1) * local].reshape(-1)
+    return np.where(mine < num_scenes, mine, -1).astype(np.int64)
 
 
 def _full_res(scene, where):
@@ -410,7 +430,8 @@ def eval_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1)
     positions = _host_positions(len(index), cfg.eval_batch_size, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices(positions)
     ds = ds.apply(_numpy_rows(rows, shapes, dtypes, EVAL_KEYS, cfg.num_parallel_calls))
-    return _finish(ds, cfg.eval_batch_size, cfg.prefetch).as_numpy_iterator()
+    local = cfg.eval_batch_size // process_count
+    return _finish(ds, local, cfg.prefetch).as_numpy_iterator()
 
 
 def tta_views(cloud):

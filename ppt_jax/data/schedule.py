@@ -1,4 +1,4 @@
-"""Which scene goes where: the multi-dataset ratio schedule and the per-epoch host partition.
+"""Which scene goes where: the multi-dataset ratio schedule and the per-pass scene order.
 
 Everything here is a pure function of (seed, position), so an iterator re-created at any step yields
 exactly what the uninterrupted one would have (resume = remember the step).
@@ -41,12 +41,9 @@ class RatioSchedule:
         return d, epoch, restart, position
 
 
-def host_scenes(num_scenes, seed, key, process_index, process_count):
-    """This host's scenes for one pass: a seeded permutation of all scenes, dealt round-robin to hosts
-    and cut to the same length on every host (the remainder is dropped for this pass only).
+def pass_scenes(num_scenes, seed, key):
+    """The scene order of one pass: a seeded permutation of all scenes.
 
     `key` is a tuple of ints naming the pass (dataset, epoch, restart) so each pass has its own order.
     """
-    perm = np.random.default_rng([seed, 0, *key]).permutation(num_scenes)
-    per_host = num_scenes // process_count
-    return perm[process_index::process_count][:per_host]
+    return np.random.default_rng([seed, 0, *key]).permutation(num_scenes)

@@ -174,10 +174,10 @@ def new_state(variables, tx, seed, mesh):
     return jax.device_put(state, replicated(mesh))
 
 
-def total_steps(config, process_count):
+def total_steps(config):
     from ppt_jax import data
     if config.train.steps > 0:
         return int(config.train.steps)
-    return int(config.train.epochs * data.steps_per_epoch(config.data, process_count))
+    return int(config.train.epochs * data.steps_per_epoch(config.data))
 
 
