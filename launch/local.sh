@@ -6,8 +6,9 @@
 #
 # Each process gets PPT_DISTRIBUTED=1, PPT_COORDINATOR_ADDRESS=127.0.0.1:PORT, PPT_NUM_PROCESSES and
 # PPT_PROCESS_ID (read by ppt_jax.distributed.maybe_initialize); its output goes to LOG_DIR/process-I.log
-# and, prefixed with [I], to this terminal. If one process fails the others are stopped; the exit
-# status is the first non-zero one.
+# and, prefixed with [I], to this terminal, its PID to LOG_DIR/process-I.pid (to signal one process, as
+# a preemption would). If one process fails the others are stopped; the exit status is the first
+# non-zero one.
 set -euo pipefail
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
@@ -42,23 +43,35 @@ for ((i = 0; i < num; i++)); do
   PPT_DISTRIBUTED=1 PPT_COORDINATOR_ADDRESS="127.0.0.1:$port" PPT_NUM_PROCESSES="$num" \
     PPT_PROCESS_ID="$i" "$@" > >(tee "$log_dir/process-$i.log" | sed -u "s/^/[$i] /") 2>&1 &
   pids+=("$!")
+  echo "$!" > "$log_dir/process-$i.pid"
 done
 
 status=0
 remaining=("${pids[@]}")
 while [[ ${#remaining[@]} -gt 0 ]]; do
+  done_pid=""
   set +e
   wait -n -p done_pid "${remaining[@]}"
   rc=$?
   set -e
+  if [[ -z "$done_pid" ]]; then
+    # bash already reaped them ("no such job"): collect what is left one by one
+    for pid in "${remaining[@]}"; do
+      set +e; wait "$pid"; rc=$?; set -e
+      [[ $rc -eq 127 || $status -ne 0 ]] || status=$rc
+    done
+    break
+  fi
   next=()
   for pid in "${remaining[@]}"; do [[ "$pid" == "$done_pid" ]] || next+=("$pid"); done
   remaining=("${next[@]+"${next[@]}"}")
-  if [[ $rc -ne 0 && $status -eq 0 ]]; then
+  if [[ $rc -ne 0 ]]; then
     status=$rc
     echo "local.sh: a process exited with status $rc; stopping the others (logs in $log_dir)" >&2
     pids=("${remaining[@]+"${remaining[@]}"}")
     stop_all
+    wait || true
+    break
   fi
 done
 exit "$status"

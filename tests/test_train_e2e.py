@@ -7,15 +7,22 @@ compilation cache, so identical steps compile once:
   B  1 device, the same recipe on A's shards: the same loss curve;
   C  1 device, stopped at step 10, then resumed: the same per-step losses as B;
   E  export of B -> fine-tune on ScanNet alone from the export;
-  N  a NaN injected into a batch: reported with step and dataset, the update not applied.
+  N  a NaN injected into a batch: reported with step and dataset, the update not applied;
+  M  2 processes x 1 device under `launch/local.sh -n 2` (JAX's distributed runtime on 127.0.0.1,
+     gloo CPU collectives) on A's shards, one of them preempted and resumed: the same run as A.
 """
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
@@ -177,3 +184,73 @@ def test_test_mode_votes_over_thirteen_views(root):
     for name in DATASETS:
         assert name in out
     assert "13-view test" in (root / "B" / "results.txt").read_text()
+
+
+def _checkpoint_arrays(workdir, step):
+    """Every array of a saved train state, restored onto this process's first device."""
+    path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as ckptr:
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            ckptr.metadata(path).item_metadata)
+        return jax.tree_util.tree_leaves(ckptr.restore(path, target))
+
+
+def _signal_when_logged(proc, log, line, pid_file, timeout=900):
+    """SIGTERM the process of `pid_file` once `line` is in `log` (one worker preempted)."""
+    deadline = time.time() + timeout
+    while not (log.exists() and line in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, f"{line!r} never logged in {log}"
+        time.sleep(0.05)
+    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_two_processes_train_what_one_process_trains(root):
+    """Issue 6: the trainer itself, multi-process. Each process reads 1 row of every global batch of
+    2; the step sees both rows. Process 1 alone is sent SIGTERM after step 2: both processes stop at
+    the same step and save once; the rerun resumes. Losses, every array of the final checkpoint and
+    the evaluation equal run A (one process, two devices, the same global batches)."""
+    cmd = ["bash", "launch/local.sh", "-n", "2", "-l", None, "--", sys.executable, "-m", "ppt_jax.main",
+           "--config=configs/tiny.py", f"--workdir={root / 'M'}", *_data_flags(root)]
+    logs = [root / "M-logs-1", root / "M-logs-2"]
+    env = _env(root / "xla_cache", 1)
+    cmd[5] = str(logs[0])
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    _signal_when_logged(first, logs[0] / "process-1.log", "step 2/21", logs[0] / "process-1.pid")
+    out = first.communicate(timeout=900)[0]
+    assert first.returncode == 0, out[-5000:]
+    stops = _records(root / "M", "stopped")            # process 0 alone writes the records
+    assert len(stops) == 1 and stops[0]["reason"] == "SIGTERM" and 2 < stops[0]["step"] < 21
+    stop = stops[0]["step"]
+    for i in range(2):
+        assert f"Stopped at step {stop} (SIGTERM)" in (logs[0] / f"process-{i}.log").read_text()
+    assert str(stop) in os.listdir(root / "M" / "checkpoints")
+
+    cmd[5] = str(logs[1])
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert [s["step"] for s in _records(root / "M", "start")] == [0, stop]
+    assert all(s["devices"] == 2 for s in _records(root / "M", "start"))
+    a, m = _losses(root / "A"), _losses(root / "M")
+    assert sorted(m) == sorted(a) == list(range(1, 22))
+    np.testing.assert_allclose([m[s] for s in a], [a[s] for s in a], rtol=1e-6)
+    assert all(sum(r["dataset_rows"]) == 2 for r in _records(root / "M", "train"))
+    logged = []
+    for i in range(2):
+        text = "".join((d / f"process-{i}.log").read_text() for d in logs)
+        assert f"process {i}/2, 2 devices" in text
+        assert f"process {i} of 2: rows [{i}, {i + 1}) of every global batch of 2 rows" in text
+        logged.append(re.findall(r"step (\d+)/21  loss ([0-9.]+)", text))
+    assert len(logged[0]) == 21 and logged[1] == logged[0]    # both processes computed each loss
+    assert out.stdout.count("PPT per-dataset results") == 1   # the table printed once
+
+    one, two = _checkpoint_arrays(root / "A", 21), _checkpoint_arrays(root / "M", 21)
+    assert len(one) == len(two) > 300          # params, batch stats, optimizer state, step, rng
+    for x, y in zip(one, two):
+        np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
+    fa, fm = (_records(root / w, "final")[0]["results"] for w in ("A", "M"))
+    for name in DATASETS:
+        assert fm[name]["points"] == fa[name]["points"] > 0
+        assert fm[name]["mIoU"] == pytest.approx(fa[name]["mIoU"], abs=1e-9)

@@ -110,15 +110,31 @@ def load_export(export_dir):
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the loop polls after each step, so it can save before exiting."""
+    """SIGTERM -> save after the current step and exit; `reached(step)` is polled after every step.
+
+    One process: a SIGTERM handler sets a flag. Several processes: a checkpoint save is collective,
+    so all of them must stop at the same step even when only some got the signal. JAX's preemption
+    service (started by `jax.distributed.initialize`, it catches SIGTERM itself) spreads the notice
+    and names that step: `multihost_utils.reached_preemption_sync_point`.
+    """
 
     def __init__(self):
+        self.multi_process = jax.process_count() > 1
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self.multi_process:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
 
+    def reached(self, step):
+        """Whether to save and stop after `step`; call it after every step, on every process."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def close(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self.multi_process:
+            signal.signal(signal.SIGTERM, self._previous)

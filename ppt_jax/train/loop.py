@@ -60,19 +60,32 @@ class Recorder:
             self.tb.close()
 
 
+def _process_zero_first(fn):
+    """`fn()` on process 0, then on the others, which find what it wrote (the embedded synthetic
+    shards, the text-table cache) instead of writing the same files at the same time."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+        out = fn()
+    multihost_utils.sync_global_devices("ppt_jax: data and text table ready")
+    if jax.process_index() != 0:
+        out = fn()
+    return out
+
+
 def prepare(config, workdir):
     """Resolve data, build the text table, model and mesh: a `setup.Run`."""
     os.makedirs(workdir, exist_ok=True)
-    config, synthetic = setup.resolve_data(config, workdir)
-    table, text_info = setup.text_table(config, workdir)
+
+    def data_and_text():
+        resolved, synthetic = setup.resolve_data(config, workdir)
+        return resolved, synthetic, *setup.text_table(resolved, workdir)
+
+    config, synthetic, table, text_info = _process_zero_first(data_and_text)
     mesh = step_lib.make_mesh(config.mesh.model)
-    data_devices = mesh.shape[step_lib.DATA_AXIS]
-    for field, rows in (("data.batch_size", config.data.batch_size * jax.process_count()),
-                        ("data.eval_batch_size", config.data.eval_batch_size * jax.process_count()),
-                        ("data.test_batch_size", config.data.test_batch_size)):
-        if rows % data_devices:
-            raise ValueError(f"config.{field}: {rows} global rows do not split over the "
-                             f"{data_devices} devices of the mesh's data axis")
+    for field in ("batch_size", "eval_batch_size", "test_batch_size"):
+        step_lib.check_host_rows(mesh, config.data[field], f"config.data.{field}")
     return setup.Run(config=config, workdir=workdir, mesh=mesh, model=setup.build_model(config, table),
                      cond_map=setup.condition_map(config), text_info=text_info, synthetic=synthetic)
 
@@ -113,7 +126,7 @@ def train(config, workdir):
     """Train (resuming from the latest checkpoint), evaluate, save; returns the final results."""
     run = prepare(config, workdir)
     cfg = run.config
-    steps = setup.total_steps(cfg, jax.process_count())
+    steps = setup.total_steps(cfg)
     tx, lr_fn = optim.make_optimizer(cfg.optim, steps)
     variables = setup.init_variables(run.model, cfg, cfg.seed)
     loaded = 0
@@ -131,6 +144,10 @@ def train(config, workdir):
     train_step = step_lib.make_train_step(run.model, tx, lr_fn, train_spec, len(run.conditions),
                                           run.mesh)
     batches = data.train_dataset(cfg.data, jax.process_index(), jax.process_count(), start_step=start)
+    local = cfg.data.batch_size // jax.process_count()
+    log.info("process %d of %d: rows [%d, %d) of every global batch of %d rows", jax.process_index(),
+             jax.process_count(), jax.process_index() * local, (jax.process_index() + 1) * local,
+             cfg.data.batch_size)
     rec = Recorder(workdir)
     rec.write({"event": "start", "step": start, "total_steps": steps, "synthetic": run.synthetic,
                "text_encoder": run.text_info, "devices": jax.device_count(),
@@ -175,7 +192,7 @@ def train(config, workdir):
                 best = _record_eval(run, rec, ckpts, state, done, results, best, batches)
             if done % cfg.train.checkpoint_every == 0:
                 save(done)
-            if preempt.requested or done == cfg.train.stop_at_step:
+            if preempt.reached(done) or done == cfg.train.stop_at_step:
                 why = "SIGTERM" if preempt.requested else "config.train.stop_at_step"
                 save(done)
                 log.warning("Stopped at step %d (%s); checkpoint saved, rerun to resume", done, why)
@@ -220,7 +237,7 @@ def _final_table(run, results, what):
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "results.txt"), "w") as f:
             f.write(table + "\n")
-    print(table, flush=True)
+        print(table, flush=True)
     return table
 
 
@@ -280,7 +297,7 @@ def _bucket(n):
 
 def restore_for_eval(config, workdir, which):
     run = prepare(config, workdir)
-    tx, _ = optim.make_optimizer(run.config.optim, setup.total_steps(run.config, jax.process_count()))
+    tx, _ = optim.make_optimizer(run.config.optim, setup.total_steps(run.config))
     state = setup.new_state(setup.init_variables(run.model, run.config, run.config.seed), tx,
                             run.config.seed, run.mesh)
     ckpts = checkpoint.Checkpoints(workdir)

@@ -48,6 +48,24 @@ def replicated(mesh):
     return NamedSharding(mesh, P())
 
 
+def check_host_rows(mesh, global_rows, field):
+    """Raise unless a global batch of `global_rows` splits evenly over the data axis and this
+    process's devices own the contiguous block of rows [p * rows / P, (p + 1) * rows / P), the rows
+    the input pipeline reads on host p (`ppt_jax.data.pipeline`)."""
+    data_devices = mesh.shape[DATA_AXIS]
+    if global_rows % data_devices:
+        raise ValueError(f"{field}: {global_rows} global rows do not split over the "
+                         f"{data_devices} devices of the mesh's data axis")
+    owned = batch_sharding(mesh).addressable_devices_indices_map((global_rows,)).values()
+    rows = sorted({r for (index,) in owned for r in range(*index.indices(global_rows))})
+    local = global_rows // jax.process_count()
+    expected = list(range(jax.process_index() * local, (jax.process_index() + 1) * local))
+    if rows != expected:
+        raise ValueError(f"{field}: process {jax.process_index()} owns rows {rows} of the global "
+                         f"batch, the pipeline gives it {expected}: order the mesh's devices by "
+                         f"process (jax.devices() order)")
+
+
 def global_batch(batch, mesh):
     """Per-host numpy batch -> global jax arrays sharded over the data axis (multi-host safe)."""
     sharding = batch_sharding(mesh)
