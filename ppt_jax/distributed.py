@@ -15,10 +15,11 @@ Where the processes find each other:
 After start-up every process sees all devices (`jax.devices()`) and its own (`jax.local_devices()`);
 process p of P reads rows [p * B/P, (p + 1) * B/P) of every global batch of `config.data.batch_size`
 = B rows (the rows its devices own) and the trainer assembles the global batch with
-`jax.make_array_from_process_local_data`, so P processes train exactly what one process does. Orbax writes each checkpoint
-once: every process calls save (they must, it is a collective), process 0 writes the metadata and each
-process writes only the array shards it owns, so the checkpoint directory must be shared storage
-(GCS bucket on TPU pods, a network filesystem on SLURM).
+`jax.make_array_from_process_local_data`, so P processes train exactly what one process does.
+Orbax writes each checkpoint once: every process calls save (they must, it is a collective), process 0
+writes the metadata and each process writes only the array shards it owns, so the checkpoint
+directory must be shared storage (GCS bucket on TPU pods, a network filesystem on SLURM). A SIGTERM
+to any process stops all of them at one agreed step, with a checkpoint (`train.checkpoint.Preemption`).
 """
 
 import dataclasses
