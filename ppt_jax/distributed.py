@@ -86,6 +86,18 @@ def info():
                        jax.device_count())
 
 
+def wait_for_all(name, timeout_s=4 * 3600):
+    """Barrier of all processes at the coordination service (no-op for one process).
+
+    Not a device collective: CPU (gloo) collectives give up after 30 s while a peer is busy, e.g.
+    process 0 writing the synthetic shards that the others then read.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+    multihost.get_jax_distributed_client().wait_at_barrier(name, int(timeout_s * 1000))
+
+
 def maybe_initialize(flag=None, environ=None):
     """Connect the processes if asked for (see module doc); returns this process's `ProcessInfo`.
 

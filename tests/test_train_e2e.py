@@ -9,7 +9,8 @@ compilation cache, so identical steps compile once:
   E  export of B -> fine-tune on ScanNet alone from the export;
   N  a NaN injected into a batch: reported with step and dataset, the update not applied;
   M  2 processes x 1 device under `launch/local.sh -n 2` (JAX's distributed runtime on 127.0.0.1,
-     gloo CPU collectives) on A's shards, one of them preempted and resumed: the same run as A.
+     gloo CPU collectives), the embedded default (process 0 writes the synthetic shards, then the
+     others read them), one process preempted and the run resumed: the same run as A.
 """
 
 import json
@@ -207,12 +208,12 @@ def _signal_when_logged(proc, log, line, pid_file, timeout=900):
 
 
 def test_two_processes_train_what_one_process_trains(root):
-    """Issue 6: the trainer itself, multi-process. Each process reads 1 row of every global batch of
-    2; the step sees both rows. Process 1 alone is sent SIGTERM after step 2: both processes stop at
+    """Issue 6: the trainer itself, multi-process, on the embedded default. Each process reads 1 row
+    of every global batch of 2; the step sees both rows. Process 1 alone is sent SIGTERM after step 2: both processes stop at
     the same step and save once; the rerun resumes. Losses, every array of the final checkpoint and
     the evaluation equal run A (one process, two devices, the same global batches)."""
     cmd = ["bash", "launch/local.sh", "-n", "2", "-l", None, "--", sys.executable, "-m", "ppt_jax.main",
-           "--config=configs/tiny.py", f"--workdir={root / 'M'}", *_data_flags(root)]
+           "--config=configs/tiny.py", f"--workdir={root / 'M'}"]
     logs = [root / "M-logs-1", root / "M-logs-2"]
     env = _env(root / "xla_cache", 1)
     cmd[5] = str(logs[0])
@@ -232,7 +233,7 @@ def test_two_processes_train_what_one_process_trains(root):
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert [s["step"] for s in _records(root / "M", "start")] == [0, stop]
-    assert all(s["devices"] == 2 for s in _records(root / "M", "start"))
+    assert all(s["devices"] == 2 and s["synthetic"] for s in _records(root / "M", "start"))
     a, m = _losses(root / "A"), _losses(root / "M")
     assert sorted(m) == sorted(a) == list(range(1, 22))
     np.testing.assert_allclose([m[s] for s in a], [a[s] for s in a], rtol=1e-6)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from flax import traverse_util
 
-from ppt_jax import data, labels
+from ppt_jax import data, distributed, labels
 from ppt_jax.train import checkpoint, metrics, optim, setup
 from ppt_jax.train import step as step_lib
 
@@ -63,12 +63,9 @@ class Recorder:
 def _process_zero_first(fn):
     """`fn()` on process 0, then on the others, which find what it wrote (the embedded synthetic
     shards, the text-table cache) instead of writing the same files at the same time."""
-    if jax.process_count() == 1:
-        return fn()
-    from jax.experimental import multihost_utils
     if jax.process_index() == 0:
         out = fn()
-    multihost_utils.sync_global_devices("ppt_jax: data and text table ready")
+    distributed.wait_for_all("ppt_jax_data_and_text_ready")
     if jax.process_index() != 0:
         out = fn()
     return out
