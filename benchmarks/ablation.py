@@ -1,7 +1,9 @@
 """Negative transfer and PPT's ablations on the synthetic multi-domain data (issue 6 §3).
 
-    python benchmarks/ablation.py --budget small --seeds 0 [--runs ppt,naive_joint,...]
-        [--work /tmp/ppt_ablation] [--out docs/results]
+    python benchmarks/ablation.py --budget long --seeds 0,1,2 --out docs/results/long
+        [--runs ppt,naive_joint,...] [--work /tmp/ppt_ablation]
+    (budgets: smoke = does it run; small = 40 steps; long = 300 steps, the recorded result; medium =
+    1500 steps on bigger rooms, for an accelerator)
 
 Every run trains the project's recipe (configs/) for the SAME number of steps on the SAME synthetic
 shards (generated once, data_prep.synthetic) and is evaluated single-pass on each domain's val split:
