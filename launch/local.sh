@@ -55,10 +55,10 @@ while [[ ${#remaining[@]} -gt 0 ]]; do
   rc=$?
   set -e
   if [[ -z "$done_pid" ]]; then
-    # bash already reaped them ("no such job"): collect what is left one by one
+    # bash already reaped one of them ("no such job"): wait for the rest one by one; 127 = unknown pid
     for pid in "${remaining[@]}"; do
       set +e; wait "$pid"; rc=$?; set -e
-      [[ $rc -eq 127 || $status -ne 0 ]] || status=$rc
+      if [[ $rc -ne 0 && $rc -ne 127 && $status -eq 0 ]]; then status=$rc; fi
     done
     break
   fi
