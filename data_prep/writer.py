@@ -15,6 +15,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 
 import numpy as np
@@ -150,17 +151,32 @@ def process_scene(task):
             "num_sites": len(vox["coord"]), "notes": list(raw.get("notes", ()))}
 
 
+def _exit_with_parent(parent_pid, interval=0.5):
+    """Worker initializer: end this worker as soon as the process that started it is gone.
+
+    A parent killed with SIGKILL cannot stop its pool, and a spawned worker holds both ends of its
+    task queue, so it would wait forever (re-parented to PID 1). Polling getppid() from a daemon
+    thread ends it within `interval`; the resource tracker then sees its last client gone and exits.
+    """
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run(tasks, workers):
     """Results of `process_scene` in task order; at most 2 * workers scenes in flight or buffered.
 
     A ProcessPoolExecutor (not multiprocessing.Pool) so that a worker killed by the OS (e.g. out of
-    memory) raises BrokenProcessPool instead of hanging the run.
+    memory) raises BrokenProcessPool instead of hanging the run; its workers die with the run.
     """
     if workers <= 1 or len(tasks) <= 1:
         yield from map(process_scene, tasks)
         return
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
         pending = collections.deque()
         try:
             for task in tasks:

@@ -225,3 +225,79 @@ def test_bad_arguments(tmp_path):
         writer.write_split(str(tmp_path), "Foo", "train", SCENES, make_raw)
     with pytest.raises(RuntimeError, match="ScanNet scene scene00: unexpected KeyError"):
         write(tmp_path, lambda s: {}["coord"])
+
+
+def load_slow(marker_dir, scene_id):
+    """Say which process took the scene, then work on it for a minute (long enough to be killed)."""
+    import time
+    open(os.path.join(marker_dir, f"{scene_id}.{os.getpid()}"), "w").close()
+    time.sleep(60)
+    return make_raw(scene_id)
+
+
+def _descendants(pid):
+    """PIDs of the live (non-zombie) processes below `pid`, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[0] != "Z":
+                parents[int(entry)] = int(stat[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids):
+    alive = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.add(p)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process tree from /proc")
+def test_sigkill_of_parent_leaves_no_worker(tmp_path):
+    """SIGKILL of a --workers 2 run: its workers and multiprocessing's resource tracker end with it."""
+    import signal
+    import time
+    marker = tmp_path / "started"
+    marker.mkdir()
+    script = textwrap.dedent(f"""
+        import functools, sys
+        sys.path[:0] = [{REPO!r}, {os.path.dirname(__file__)!r}]
+        import test_data_prep_writer as t
+        t.write({str(tmp_path / 'run')!r}, functools.partial(t.load_slow, {str(marker)!r}), workers=2)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(os.listdir(marker)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert len(os.listdir(marker)) == 2, "the two workers never started"
+        children = _descendants(proc.pid)
+        workers = {int(name.rsplit(".", 1)[1]) for name in os.listdir(marker)}
+        assert workers <= children and len(children) >= 3  # + the resource tracker
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 15
+        while _alive(children) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(children), f"processes outlived the killed run: {sorted(_alive(children))}"
+    finally:
+        for p in _alive(_descendants(proc.pid) | (children if "children" in locals() else set())):
+            os.kill(p, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
