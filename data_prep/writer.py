@@ -6,6 +6,8 @@ temporary name, then renamed) as soon as its scenes are done, followed by a smal
 `.progress/` naming its scenes, skips and checksum. Because each scene's bytes are a pure function of
 (load_fn, scene id, settings) and the grouping does not depend on timing or `workers`, a run that is
 killed and re-run produces byte-identical shards to one clean run, and finished shards are never redone.
+A rerun does retry the scenes an earlier run skipped (the user may have fixed their files): it loads only
+those and rewrites their shards, reading the other scenes' records back from the shard.
 """
 
 import collections
@@ -51,6 +53,7 @@ class Summary:
     num_sites: int = 0
     num_shards: int = 0
     shards_reused: int = 0
+    scenes_retried: int = 0  # scenes skipped by an earlier run and tried again
     skipped: list = dataclasses.field(default_factory=list)  # [{"scene", "file", "reason"}]
     notes: list = dataclasses.field(default_factory=list)  # [{"scene", "note"}]: repairs made
     seconds: float = 0.0
@@ -60,8 +63,9 @@ class Summary:
         return not self.skipped
 
     def line(self):
+        retried = f", {self.scenes_retried} skipped scenes retried" if self.scenes_retried else ""
         return (f"{self.dataset}/{self.split}: {self.num_written}/{self.num_scenes} scenes in "
-                f"{self.num_shards} shards ({self.shards_reused} reused), {self.num_points:,} points -> "
+                f"{self.num_shards} shards ({self.shards_reused} reused{retried}), {self.num_points:,} points -> "
                 f"{self.num_sites:,} sites, {len(self.skipped)} skipped, {self.seconds:.1f} s "
                 f"-> {self.split_dir}")
 
@@ -224,6 +228,19 @@ def _finished(split_dir, name, fingerprint):
     return record
 
 
+def _kept_results(split_dir, name, record):
+    """{scene: process_scene result} of the scenes a finished shard holds, read back from the shard.
+
+    None when the shard does not hold what its record lists (then the whole shard is redone).
+    """
+    encoded = list(tf.data.TFRecordDataset(os.path.join(split_dir, name)).as_numpy_iterator())
+    if len(encoded) != len(record["scenes"]):
+        return None
+    return {s["scene"]: {**s, "record": data,
+                         "notes": [n["note"] for n in record["notes"] if n["scene"] == s["scene"]]}
+            for s, data in zip(record["scenes"], encoded)}
+
+
 def _write_shard(split_dir, name, fingerprint, results):
     shard_path = os.path.join(split_dir, name)
 
@@ -268,7 +285,8 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
     (e.g. {"synthetic": True}) and, like every setting here, into the fingerprint that decides whether
     a finished shard can be reused (the raw data cannot be fingerprinted: use `overwrite` when it
     changes). Scenes whose load_fn raises SceneError, or that fail validation, are
-    skipped and listed in the summary and the manifest; any other exception propagates.
+    skipped and listed in the summary and the manifest, and tried again by the next run; any other
+    exception propagates.
     """
     start = time.time()
     if grid_size <= 0:
@@ -300,20 +318,28 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
                     for g in groups]
 
     records = [None if overwrite else _finished(split_dir, n, f) for n, f in zip(names, fingerprints)]
-    todo = [i for i, r in enumerate(records) if r is None]
+    # A finished shard with skipped scenes is redone for those scenes only (their input may have been
+    # fixed since); its other scenes are read back from the shard.
+    kept = {i: _kept_results(split_dir, names[i], r) or {} for i, r in enumerate(records)
+            if r is not None and r["skipped"]}
+    todo = [i for i, r in enumerate(records) if r is None or i in kept]
     tasks = [(load_fn, s, dataset, grid_size, keep_full_res, len(label_names))
-             for i in todo for s in groups[i]]
-    summary = Summary(dataset, split, split_dir, num_scenes=len(scene_ids),
-                      num_shards=len(groups), shards_reused=len(groups) - len(todo))
+             for i in todo for s in groups[i] if s not in kept.get(i, ())]
+    summary = Summary(dataset, split, split_dir, num_scenes=len(scene_ids), num_shards=len(groups),
+                      shards_reused=len(groups) - len(todo),
+                      scenes_retried=sum(len(records[i]["skipped"]) for i in kept))
 
     bar = tqdm.tqdm(total=len(tasks), desc=f"{dataset}/{split}", unit="scene", disable=not progress)
     results = _run(tasks, workers)
     try:
         for i in todo:
             done = []
-            for _ in groups[i]:
-                done.append(next(results))
-                bar.update(1)
+            for scene in groups[i]:
+                if scene in kept.get(i, ()):
+                    done.append(kept[i][scene])
+                else:
+                    done.append(next(results))
+                    bar.update(1)
             records[i] = _write_shard(split_dir, names[i], fingerprints[i], done)
     finally:
         results.close()  # stops the workers at once when interrupted

@@ -151,9 +151,37 @@ def test_bad_scenes_skipped_and_reported(tmp_path):
         np.testing.assert_array_equal(scenes[sid]["coord"], writer.voxelize(make_raw(sid), 0.01, False)["coord"])
     name = "shard-00002-of-00003.tfrecord"  # the shard without broken scenes is byte-identical
     assert shard_bytes(tmp_path / "bad" / "val")[name] == shard_bytes(tmp_path / "clean" / "val")[name]
-    # a re-run does not retry deterministic failures and reports them again
+    # a re-run retries the skipped scenes (still broken: reported again, the same bytes)
+    before = shard_bytes(tmp_path / "bad" / "val")
     again = write(tmp_path / "bad", functools.partial(load_broken, bad))
-    assert again.shards_reused == 3 and again.skipped == summary.skipped
+    assert again.shards_reused == 1 and again.scenes_retried == 5 and again.skipped == summary.skipped
+    assert shard_bytes(tmp_path / "bad" / "val") == before
+
+
+def load_counted(bad, calls, scene_id):
+    calls.append(scene_id)
+    return load_broken(bad, scene_id)
+
+
+def test_skipped_scenes_are_retried_on_rerun(tmp_path):
+    """A rerun loads only the scenes skipped before (their input may have been fixed) and keeps the rest."""
+    write(tmp_path / "clean")
+    bad, calls = {"scene01": "missing", "scene04": "label"}, []
+    first = write(tmp_path / "run", functools.partial(load_counted, bad, calls))
+    assert [s["scene"] for s in first.skipped] == ["scene01", "scene04"] and len(calls) == 7
+    del bad["scene01"], calls[:]  # the user repairs one scene
+    summary = write(tmp_path / "run", functools.partial(load_counted, bad, calls))
+    assert calls == ["scene01", "scene04"] and summary.scenes_retried == 2
+    assert [s["scene"] for s in summary.skipped] == ["scene04"] and summary.num_written == 6
+    clean, run = shard_bytes(tmp_path / "clean" / "val"), shard_bytes(tmp_path / "run" / "val")
+    name = "shard-00000-of-00003.tfrecord"
+    assert run[name] == clean[name]
+    del bad["scene04"], calls[:]
+    summary = write(tmp_path / "run", functools.partial(load_counted, bad, calls))
+    assert calls == ["scene04"] and summary.ok and summary.shards_reused == 2
+    assert shard_bytes(tmp_path / "run" / "val") == clean
+    manifest_clean = json.load(open(tmp_path / "clean" / "val" / schema.MANIFEST_NAME))
+    assert json.load(open(tmp_path / "run" / "val" / schema.MANIFEST_NAME)) == manifest_clean
 
 
 def test_interrupt_then_resume_gives_identical_bytes(tmp_path):
