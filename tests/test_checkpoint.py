@@ -79,3 +79,110 @@ def test_sigterm_sets_the_flag_instead_of_killing():
         assert flag.reached(1)
     finally:
         flag.close()
+
+
+def _saved(tmp_path, steps=(1, 2)):
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=3)
+    for step in steps:
+        ckpt.save(step, _state(step), {"data": {"step": step}})
+    ckpt.close()
+    return tmp_path / "checkpoints" / str(steps[-1])
+
+
+def _data_files(step_dir):
+    return sorted(p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d")
+
+
+def _truncate(step_dir):
+    for p in _data_files(step_dir):
+        with open(p, "r+b") as f:
+            f.truncate(p.stat().st_size // 2)
+
+
+def _flip(step_dir):
+    for p in _data_files(step_dir):
+        b = bytearray(p.read_bytes())
+        b[len(b) // 2] ^= 0x40
+        p.write_bytes(bytes(b))
+
+
+def _rewrite_values(step_dir):
+    """Readable arrays with other values (what flipped bits inside a data chunk give)."""
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(step_dir / "state", _state(7), force=True)
+
+
+DAMAGE = {
+    "changed array values": _rewrite_values,
+    "truncated data files": _truncate,
+    "flipped bytes": _flip,
+    "deleted metadata": lambda d: (d / "meta" / "metadata").unlink(),
+    "truncated metadata": lambda d: (d / "meta" / "metadata").write_text('{"data": {'),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, damage,
+                                                                          caplog):
+    newest = _saved(tmp_path)
+    DAMAGE[damage](newest)
+    ckpt = checkpoint.Checkpoints(tmp_path, keep=3)
+    state, meta = ckpt.restore(_state(0))
+    _assert_trees_equal(state, _state(1))
+    assert meta == {"data": {"step": 1}}
+    assert ckpt.periodic.all_steps() == [1]
+    assert (tmp_path / "rejected" / "checkpoints-2").is_dir() and not newest.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"{newest} IS DAMAGED" in errors[0], errors
+    assert "Resuming from" in caplog.text and f"{tmp_path}/checkpoints/1" in caplog.text
+    ckpt.close()
+
+
+def test_a_saved_non_finite_state_is_rejected_on_restore(tmp_path, caplog):
+    ckpt = checkpoint.Checkpoints(tmp_path)
+    bad = _state(2)
+    bad["params"]["head"]["b"] = bad["params"]["head"]["b"].at[1].set(jnp.nan)
+    ckpt.save(1, _state(1), {"data": {"step": 1}})
+    ckpt.save(2, bad, {"data": {"step": 2}})
+    state, _ = ckpt.restore(_state(0))
+    _assert_trees_equal(state, _state(1))
+    assert "['params']['head']['b'] holds NaN/inf" in caplog.text
+    ckpt.close()
+
+
+def test_every_checkpoint_damaged_starts_over_and_keeps_them_aside(tmp_path, caplog):
+    _flip(_saved(tmp_path, steps=(1,)))
+    ckpt = checkpoint.Checkpoints(tmp_path)
+    assert ckpt.restore(_state(0)) is None
+    assert "No intact checkpoint left" in caplog.text
+    assert (tmp_path / "rejected" / "checkpoints-1").is_dir()
+    ckpt.close()
+
+
+def test_a_damaged_best_checkpoint_is_an_error_naming_it(tmp_path):
+    ckpt = checkpoint.Checkpoints(tmp_path)
+    ckpt.save_best(3, _state(3), {}, 0.5)
+    _flip(tmp_path / "best" / "3")
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {tmp_path}/best/3 is damaged"):
+        ckpt.restore(_state(0), which="best")
+    ckpt.close()
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line_and_left_in_place(tmp_path):
+    _saved(tmp_path, steps=(1,))
+    other = _state(0)
+    other["params"]["backbone"]["w"] = jnp.zeros((4, 5))
+    ckpt = checkpoint.Checkpoints(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        ckpt.restore(other)
+    msg = str(err.value)
+    assert "does not fit this configuration" in msg and "\n" not in msg
+    assert "(4, 3)" in msg and "(4, 5)" in msg and "['backbone']['w']" in msg
+    assert ckpt.periodic.all_steps() == [1]
+    ckpt.close()
+
+
+def test_keep_zero_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="keep=0"):
+        checkpoint.Checkpoints(tmp_path, keep=0)

@@ -1,46 +1,131 @@
 """Checkpoints with Orbax: resume exactly, keep the best, export weights for fine-tuning/inference.
 
-Layout in the work directory:
+Layout in the work directory (any `etils.epath` location: a local folder, gs://...):
   checkpoints/<step>/   periodic saves (keep-N): the whole train state + a JSON of host-side state
-                        (data position, best mIoU so far); restoring them continues the run bit-exactly.
+                        (data position, best mIoU so far, the run's config); restoring them continues
+                        the run bit-exactly.
   best/<step>/          the best-by-mIoU save (keep 1), same content.
+  rejected/             checkpoints that failed their integrity check on restore, moved aside (kept
+                        for inspection, never restored again).
   export/               `export()`: params (+ batch_stats) alone in a plain Orbax checkpoint and
                         `config.json`, what `finetune.py` and the inference tool load.
 The train state is any pytree of arrays (params, optimizer state, batch_stats, step, RNG key data);
 restoring into a template keeps the template's shardings.
+
+Integrity: every save records a sha256 of each array (bytes, dtype, shape) in the checkpoint's JSON;
+a restore recomputes them and checks that floating arrays are finite. A checkpoint that cannot be
+read or fails a check is named with its reason in one message, moved to `rejected/`, and the newest
+good one is used instead (orbax alone restores flipped bytes silently, and a truncated file fails
+deep inside tensorstore).
 """
 
+import hashlib
 import json
-import os
+import logging
 import signal
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
 
 EXPORT_CONFIG = "config.json"
 EXPORT_VARIABLES = "variables"
 EXPORT_PARTS = ("full", "backbone")
+INTEGRITY = "integrity"
+REJECTED = "rejected"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with the reason; the message names the checkpoint."""
+
+
+def absolute(path):
+    """`path` as an absolute epath.Path (a gs:// path is already absolute; Orbax needs absolute)."""
+    path = epath.Path(path)
+    return path if path.is_absolute() else path.resolve()
 
 
 def _abstract(tree):
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _host_array(leaf):
+    """One full copy of a leaf on this host (the train state is replicated on every device)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        leaf = leaf.addressable_data(0)
+    return np.asarray(leaf)
+
+
+def array_records(tree):
+    """{key path: {shape, dtype, sha256 of (dtype, shape, bytes)}} of every leaf."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = _host_array(leaf)
+        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())          # C order whatever the layout
+        out[jax.tree_util.keystr(path)] = {"shape": list(a.shape), "dtype": a.dtype.str,
+                                            "sha256": h.hexdigest()}
+    return out
+
+
+def check_state(state, records):
+    """The first problem of a restored state ('' if none): a checksum mismatch with `records`
+    (`array_records` at save time; None: not checked) or a non-finite floating array."""
+    if records is not None:
+        found = array_records(state)
+        bad = [k for k in found if found[k]["sha256"] != records.get(k, {}).get("sha256")]
+        if bad:
+            return f"{len(bad)} array(s) differ from their checksum at save time, first {bad[0]}"
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        a = _host_array(leaf)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            return f"array {jax.tree_util.keystr(path)} holds NaN/inf"
+    return ""
+
+
+def _reason(err):
+    """One line for an exception from deep inside Orbax/tensorstore."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def _layout_problem(template, arrays):
+    """'' if `template` has the recorded arrays' paths, shapes and dtypes, else the first difference."""
+    want = {jax.tree_util.keystr(p): (list(np.shape(x)), np.dtype(x.dtype).str)
+            for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
+    have = {k: (v["shape"], v["dtype"]) for k, v in arrays.items()}
+    only_saved, only_here = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+    if only_saved or only_here:
+        return (f"its arrays do not match this configuration's (only in the checkpoint: "
+                f"{only_saved[:2]}, only in this model: {only_here[:2]})")
+    for k in want:
+        if want[k] != have[k]:
+            return (f"array {k} is stored with shape/dtype {tuple(have[k][0])}/{have[k][1]}, this "
+                    f"configuration builds {tuple(want[k][0])}/{want[k][1]}")
+    return ""
+
+
 class Checkpoints:
-    """Periodic (keep-N) and best-by-mIoU checkpoints of one run."""
+    """Periodic (keep-N) and best-by-mIoU checkpoints of one run, checked on restore."""
 
     def __init__(self, workdir, keep=3):
-        workdir = os.path.abspath(workdir)
+        if keep < 1:
+            raise ValueError(f"keep={keep}: at least one checkpoint must be kept")
+        self.workdir = absolute(workdir)
         self.periodic = ocp.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
+            self.workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
         self.best = ocp.CheckpointManager(
-            os.path.join(workdir, "best"),
+            self.workdir / "best",
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                  best_fn=lambda m: m["mIoU"], best_mode="max"))
 
     @staticmethod
     def _args(state, meta):
+        meta = dict(meta, **{INTEGRITY: {"format": 1, "arrays": array_records(state)}})
         return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
     def save(self, step, state, meta):
@@ -57,19 +142,89 @@ class Checkpoints:
         self.best.save(step, args=self._args(state, meta), metrics={"mIoU": float(miou)}, force=True)
         self.best.wait_until_finished()
 
-    def restore(self, template, which="latest"):
-        """(state, meta) of the latest periodic (or the best) save, or None when there is none."""
+    def restore(self, template, which="latest", check_meta=None):
+        """(state, meta) of the newest intact periodic save (or of the best save), None if none.
+
+        `check_meta(meta)` may raise for a checkpoint of another run before any array is read
+        (the config comparison); that checkpoint is left in place. A damaged latest checkpoint is
+        moved to `rejected/` and the next older one is tried; a damaged best one is an error.
+        """
         manager = self.periodic if which == "latest" else self.best
-        step = manager.latest_step() if which == "latest" else manager.best_step()
-        if step is None:
-            return None
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(template)), meta=ocp.args.JsonRestore()))
-        return out.state, out.meta
+        steps = (sorted(manager.all_steps(), reverse=True) if which == "latest"
+                 else [s for s in [manager.best_step()] if s is not None])
+        rejected = []
+        for step in steps:
+            name = f"{manager.directory}/{step}"
+            try:
+                out = self._restore_step(manager, step, template, check_meta, name)
+            except _Damaged as err:
+                if which != "latest":
+                    raise CheckpointError(f"checkpoint {name} is damaged: {err}") from None
+                moved = self._set_aside(manager, step)
+                log.error("CHECKPOINT %s IS DAMAGED: %s. Moved it to %s; trying the previous one.",
+                          name, err, moved)
+                rejected.append(name)
+                continue
+            if rejected:
+                log.warning("Resuming from %s, the newest intact checkpoint (rejected: %s)", name,
+                            ", ".join(rejected))
+            return out
+        if rejected:
+            log.warning("No intact checkpoint left (rejected: %s): starting from step 0",
+                        ", ".join(rejected))
+        return None
+
+    @staticmethod
+    def _restore_step(manager, step, template, check_meta, name):
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as err:  # noqa: BLE001 -- any failure to read it is damage, reported
+            raise _Damaged(f"its metadata is unreadable ({_reason(err)})") from None
+        if not isinstance(meta, dict):
+            raise _Damaged(f"its metadata is {type(meta).__name__}, not a JSON object")
+        if check_meta is not None:
+            check_meta(meta)
+        record = meta.pop(INTEGRITY, None)
+        if record is not None:
+            problem = _layout_problem(template, record["arrays"])
+            if problem:
+                raise CheckpointError(f"checkpoint {name} does not fit this configuration: {problem}")
+        else:
+            log.warning("checkpoint %s has no integrity record (written by an older version): "
+                        "its arrays are checked for NaN/inf only", name)
+        try:
+            state = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(template)))).state
+        except Exception as err:  # noqa: BLE001
+            raise _Damaged(f"its arrays are unreadable ({_reason(err)})") from None
+        problem = check_state(state, None if record is None else record["arrays"])
+        if problem:
+            raise _Damaged(problem)
+        return state, meta
+
+    def _set_aside(self, manager, step):
+        """Move a damaged step directory to rejected/ (process 0; the others wait for it)."""
+        from ppt_jax import distributed
+
+        source = epath.Path(manager.directory) / str(step)
+        target = self.workdir / REJECTED / f"{source.parent.name}-{step}"
+        n = 1
+        while target.exists():
+            target, n = self.workdir / REJECTED / f"{source.parent.name}-{step}.{n}", n + 1
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+        distributed.wait_for_all(f"ppt_jax_rejected_{source.parent.name}_{step}")
+        manager.reload()
+        return target
 
     def close(self):
         self.periodic.close()
         self.best.close()
+
+
+class _Damaged(Exception):
+    """Internal: this checkpoint's files are unreadable or fail their integrity check."""
 
 
 def export(out_dir, variables, config_dict, part="full"):
@@ -86,24 +241,26 @@ def export(out_dir, variables, config_dict, part="full"):
             raise ValueError(f"export part='backbone': collections {missing} have no 'backbone' "
                              f"subtree (top-level keys: {[list(variables[k]) for k in missing]})")
         variables = {k: {"backbone": v["backbone"]} for k, v in variables.items()}
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = absolute(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(out_dir, EXPORT_VARIABLES), variables, force=True)
-    with open(os.path.join(out_dir, EXPORT_CONFIG), "w") as f:
-        json.dump({"part": part, "config": config_dict}, f, indent=1, default=str)
+        ckptr.save(out_dir / EXPORT_VARIABLES, variables, force=True)
+    (out_dir / EXPORT_CONFIG).write_text(json.dumps({"part": part, "config": config_dict}, indent=1,
+                                                    default=str))
     return out_dir
 
 
 def load_export(export_dir):
     """(variables, {'part', 'config'}) written by `export` (numpy/jax arrays on the default device)."""
-    cfg_path = os.path.join(export_dir, EXPORT_CONFIG)
-    var_path = os.path.join(os.path.abspath(export_dir), EXPORT_VARIABLES)
-    if not (os.path.exists(cfg_path) and os.path.isdir(var_path)):
+    export_dir = absolute(export_dir)
+    cfg_path, var_path = export_dir / EXPORT_CONFIG, export_dir / EXPORT_VARIABLES
+    if not (cfg_path.exists() and var_path.is_dir()):
         raise FileNotFoundError(f"{export_dir} is not an exported model: expected {EXPORT_CONFIG} and "
                                 f"{EXPORT_VARIABLES}/ written by `--mode export`")
-    with open(cfg_path) as f:
-        meta = json.load(f)
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from None
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(var_path)
     return variables, meta
