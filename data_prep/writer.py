@@ -62,6 +62,15 @@ class Summary:
     def ok(self):
         return not self.skipped
 
+    @classmethod
+    def of(cls, manifest, split_dir, **run):
+        """The summary of a split from its manifest; `run` sets what only the run knows (seconds...)."""
+        return cls(manifest["dataset"], manifest["split"], split_dir,
+                   num_scenes=manifest["num_scenes"] + len(manifest["skipped"]),
+                   num_written=manifest["num_scenes"], num_points=manifest["num_points"],
+                   num_sites=manifest["num_sites"], num_shards=len(manifest["shards"]),
+                   skipped=manifest["skipped"], notes=manifest["notes"], **run)
+
     def line(self):
         retried = f", {self.scenes_retried} skipped scenes retried" if self.scenes_retried else ""
         return (f"{self.dataset}/{self.split}: {self.num_written}/{self.num_scenes} scenes in "
@@ -208,10 +217,15 @@ def _atomic_write(path, write):
     os.replace(tmp, path)
 
 
+def json_text(obj):
+    """The text of every JSON file the writers make (manifest, progress records)."""
+    return json.dumps(obj, indent=1)
+
+
 def _write_json(path, obj):
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
+            f.write(json_text(obj))
     _atomic_write(path, write)
 
 
@@ -241,36 +255,105 @@ def _kept_results(split_dir, name, record):
             for s, data in zip(record["scenes"], encoded)}
 
 
-def _write_shard(split_dir, name, fingerprint, results):
-    shard_path = os.path.join(split_dir, name)
+def write_records(path, results):
+    """Write the records of `results` (`process_scene` outputs, in shard order) as one TFRecord file."""
+    with tf.io.TFRecordWriter(path) as w:
+        for res in results:
+            if "record" in res:
+                w.write(res["record"])
 
-    def write(tmp):
-        with tf.io.TFRecordWriter(tmp) as w:
-            for res in results:
-                if "record" in res:
-                    w.write(res["record"])
-    _atomic_write(shard_path, write)
-    record = {
+
+def shard_record(fingerprint, path, results):
+    """The progress record of the shard file at `path` written from `results`."""
+    return {
         "fingerprint": fingerprint,
-        "sha256": _sha256(shard_path),
-        "bytes": os.path.getsize(shard_path),
+        "sha256": _sha256(path),
+        "bytes": os.path.getsize(path),
         "scenes": [{k: r[k] for k in ("scene", "num_points", "num_sites")}
                    for r in results if "record" in r],
         "skipped": [r for r in results if "record" not in r],
         "notes": [{"scene": r["scene"], "note": n} for r in results for n in r.get("notes", ())],
     }
+
+
+def _write_shard(split_dir, name, fingerprint, results):
+    shard_path = os.path.join(split_dir, name)
+    _atomic_write(shard_path, lambda tmp: write_records(tmp, results))
+    record = shard_record(fingerprint, shard_path, results)
     _write_json(os.path.join(split_dir, PROGRESS_DIR, name + ".json"), record)
     return record
 
 
+def is_stale(name, expected, in_progress_dir):
+    """Whether file `name` of a split folder (or of its PROGRESS_DIR) is a temporary or a shard of an
+    earlier run with other settings (a different shard count), given the `expected` shard names."""
+    base = name[:-len(".json")] if in_progress_dir and name.endswith(".json") else name
+    return name.endswith(".tmp") or (name.startswith("shard-") and base not in expected)
+
+
 def _clean_stale(split_dir, expected):
-    """Drop temporaries and shards of an earlier run with other settings (a different shard count)."""
     for folder in (split_dir, os.path.join(split_dir, PROGRESS_DIR)):
         for name in os.listdir(folder):
-            base = name[:-len(".json")] if folder != split_dir and name.endswith(".json") else name
-            stale_shard = name.startswith("shard-") and base not in expected
-            if name.endswith(".tmp") or stale_shard:
+            if is_stale(name, expected, folder != split_dir):
                 os.remove(os.path.join(folder, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A split's shards, fixed before any work: shard i holds `groups[i]` (sorted scene ids)."""
+    settings: dict  # recorded in the manifest and in every shard's fingerprint
+    extra: dict
+    scenes_per_shard: int
+    groups: list
+    names: list
+    fingerprints: list
+
+    def task(self, load_fn, scene_id):
+        """The `process_scene` argument for one scene."""
+        s = self.settings
+        return (load_fn, scene_id, s["dataset"], s["grid_size"], s["keep_full_res"], len(s["label_names"]))
+
+    def manifest(self, records):
+        """manifest.json of the split from the progress records of all its shards, in shard order."""
+        scenes, shards, skipped, notes = [], [], [], []
+        for name, record in zip(self.names, records):
+            scenes += [{**s, "shard": name} for s in record["scenes"]]
+            skipped += record["skipped"]
+            notes += record["notes"]
+            shards.append({"file": name, "sha256": record["sha256"], "bytes": record["bytes"],
+                           "num_scenes": len(record["scenes"])})
+        return {**self.settings, "num_scenes": len(scenes),
+                "num_points": sum(s["num_points"] for s in scenes),
+                "num_sites": sum(s["num_sites"] for s in scenes),
+                "scenes_per_shard": self.scenes_per_shard, "shards": shards, "scenes": scenes,
+                "skipped": skipped, "notes": notes, **self.extra}
+
+
+def plan_split(dataset, split, scene_ids, grid_size=0.01, keep_full_res=False, scenes_per_shard=16,
+               label_names=None, manifest_extra=None):
+    """Check the arguments of `write_split` and fix its shards; see there."""
+    if grid_size <= 0:
+        raise ValueError(f"grid_size must be > 0, got {grid_size}")
+    if scenes_per_shard < 1:
+        raise ValueError(f"scenes_per_shard must be >= 1, got {scenes_per_shard}")
+    if label_names is None:
+        if dataset not in labels.CLASS_NAMES:
+            raise ValueError(f"dataset {dataset!r} has no label list in ppt_jax.labels; pass label_names")
+        label_names = labels.CLASS_NAMES[dataset]
+    if not all(isinstance(s, str) for s in scene_ids):
+        raise ValueError("scene_ids must be strings")
+    if len(set(scene_ids)) != len(scene_ids):
+        dup = sorted({s for s in scene_ids if scene_ids.count(s) > 1})
+        raise ValueError(f"duplicate scene ids: {dup[:5]}")
+    scene_ids = sorted(scene_ids)
+    groups = [scene_ids[i:i + scenes_per_shard] for i in range(0, len(scene_ids), scenes_per_shard)]
+    settings = {"schema_version": schema.SCHEMA_VERSION, "dataset": dataset, "split": split,
+                "grid_size": grid_size, "keep_full_res": keep_full_res, "label_names": list(label_names)}
+    extra = dict(manifest_extra or {})
+    return Plan(settings, extra, scenes_per_shard, groups,
+                names=[schema.SHARD_PATTERN.format(index=i, count=len(groups)) for i in range(len(groups))],
+                fingerprints=[json.dumps({**settings, "extra": extra, "scenes": g}, sort_keys=True)
+                              for g in groups])
 
 
 def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, keep_full_res=False,
@@ -289,33 +372,15 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
     exception propagates.
     """
     start = time.time()
-    if grid_size <= 0:
-        raise ValueError(f"grid_size must be > 0, got {grid_size}")
-    if scenes_per_shard < 1:
-        raise ValueError(f"scenes_per_shard must be >= 1, got {scenes_per_shard}")
-    if label_names is None:
-        if dataset not in labels.CLASS_NAMES:
-            raise ValueError(f"dataset {dataset!r} has no label list in ppt_jax.labels; pass label_names")
-        label_names = labels.CLASS_NAMES[dataset]
-    if not all(isinstance(s, str) for s in scene_ids):
-        raise ValueError("scene_ids must be strings")
-    if len(set(scene_ids)) != len(scene_ids):
-        dup = sorted({s for s in scene_ids if scene_ids.count(s) > 1})
-        raise ValueError(f"duplicate scene ids: {dup[:5]}")
-    scene_ids = sorted(scene_ids)
+    plan = plan_split(dataset, split, scene_ids, grid_size, keep_full_res, scenes_per_shard, label_names,
+                      manifest_extra)
+    groups, names, fingerprints = plan.groups, plan.names, plan.fingerprints
     split_dir = os.path.join(out_dir, split)
     os.makedirs(os.path.join(split_dir, PROGRESS_DIR), exist_ok=True)
-
-    groups = [scene_ids[i:i + scenes_per_shard] for i in range(0, len(scene_ids), scenes_per_shard)]
-    names = [schema.SHARD_PATTERN.format(index=i, count=len(groups)) for i in range(len(groups))]
     _clean_stale(split_dir, set(names))
     manifest_path = os.path.join(split_dir, schema.MANIFEST_NAME)
     if os.path.exists(manifest_path):  # stale until this run finishes
         os.remove(manifest_path)
-    settings = {"schema_version": schema.SCHEMA_VERSION, "dataset": dataset, "split": split,
-                "grid_size": grid_size, "keep_full_res": keep_full_res, "label_names": list(label_names)}
-    fingerprints = [json.dumps({**settings, "extra": manifest_extra or {}, "scenes": g}, sort_keys=True)
-                    for g in groups]
 
     records = [None if overwrite else _finished(split_dir, n, f) for n, f in zip(names, fingerprints)]
     # A finished shard with skipped scenes is redone for those scenes only (their input may have been
@@ -323,11 +388,8 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
     kept = {i: _kept_results(split_dir, names[i], r) or {} for i, r in enumerate(records)
             if r is not None and r["skipped"]}
     todo = [i for i, r in enumerate(records) if r is None or i in kept]
-    tasks = [(load_fn, s, dataset, grid_size, keep_full_res, len(label_names))
-             for i in todo for s in groups[i] if s not in kept.get(i, ())]
-    summary = Summary(dataset, split, split_dir, num_scenes=len(scene_ids), num_shards=len(groups),
-                      shards_reused=len(groups) - len(todo),
-                      scenes_retried=sum(len(records[i]["skipped"]) for i in kept))
+    tasks = [plan.task(load_fn, s) for i in todo for s in groups[i] if s not in kept.get(i, ())]
+    retried = sum(len(records[i]["skipped"]) for i in kept)
 
     bar = tqdm.tqdm(total=len(tasks), desc=f"{dataset}/{split}", unit="scene", disable=not progress)
     results = _run(tasks, workers)
@@ -345,20 +407,7 @@ def write_split(out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, kee
         results.close()  # stops the workers at once when interrupted
         bar.close()
 
-    scenes, shards = [], []
-    for name, record in zip(names, records):
-        scenes += [{**s, "shard": name} for s in record["scenes"]]
-        summary.skipped += record["skipped"]
-        summary.notes += record["notes"]
-        shards.append({"file": name, "sha256": record["sha256"], "bytes": record["bytes"],
-                       "num_scenes": len(record["scenes"])})
-    summary.num_written = len(scenes)
-    summary.num_points = sum(s["num_points"] for s in scenes)
-    summary.num_sites = sum(s["num_sites"] for s in scenes)
-    manifest = {**settings, "num_scenes": len(scenes),
-                "num_points": summary.num_points, "num_sites": summary.num_sites,
-                "scenes_per_shard": scenes_per_shard, "shards": shards, "scenes": scenes,
-                "skipped": summary.skipped, "notes": summary.notes, **(manifest_extra or {})}
+    manifest = plan.manifest(records)
     _write_json(manifest_path, manifest)
-    summary.seconds = time.time() - start
-    return summary
+    return Summary.of(manifest, split_dir, shards_reused=len(groups) - len(todo), scenes_retried=retried,
+                      seconds=time.time() - start)
