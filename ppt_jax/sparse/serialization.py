@@ -15,7 +15,6 @@ A code has 3 * MAX_DEPTH = 48 bits: it is returned as two int32 words (high 24 b
 sorted lexicographically, since JAX's default integers are 32 bits.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
