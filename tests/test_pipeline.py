@@ -1,6 +1,7 @@
 """The tf.data pipeline on tiny shards written with schema.encode_scene: shapes, determinism, resume,
 host split, ratio schedule, Mix3D, eval inverse maps and test-time fragments."""
 
+import hashlib
 import json
 import os
 
@@ -138,6 +139,53 @@ def test_records_report_bad_shards(tmp_path):
         records.SceneIndex(split_dir)
     with pytest.raises(FileNotFoundError, match="no shard manifest"):
         records.SceneIndex(str(tmp_path))
+
+
+def _first_shard(split_dir):
+    with open(os.path.join(split_dir, schema.MANIFEST_NAME)) as f:
+        manifest = json.load(f)
+    return manifest, os.path.join(split_dir, manifest["shards"][0]["file"])
+
+
+def _set_manifest(split_dir, manifest):
+    with open(os.path.join(split_dir, schema.MANIFEST_NAME), "w") as f:
+        json.dump(manifest, f)
+
+
+def test_changed_bytes_inside_a_record_fail_naming_shard_and_offset(tmp_path):
+    split_dir, _ = write_split(str(tmp_path), labels.S3DIS, 4)
+    _, shard = _first_shard(split_dir)
+    index = records.SceneIndex(split_dir)
+    _, offset, length = index.locations[1]
+    data = bytearray(open(shard, "rb").read())
+    data[offset + length // 2] ^= 0x01            # one bit of one array value: still decodes
+    open(shard, "wb").write(bytes(data))
+    index.read(0)                                 # the other records are fine
+    with pytest.raises(ValueError, match=rf"shard-00000-of-00002.tfrecord: record 1 at byte "
+                                         rf"{offset - 12} fails its check.*re-run data_prep"):
+        index.read(1)
+
+
+def test_shard_size_and_sha256_are_checked_against_the_manifest(tmp_path):
+    split_dir, _ = write_split(str(tmp_path), labels.S3DIS, 4)
+    manifest, shard = _first_shard(split_dir)
+    for entry in manifest["shards"]:
+        with open(os.path.join(split_dir, entry["file"]), "rb") as f:
+            data = f.read()
+        entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    good = json.loads(json.dumps(manifest))
+    manifest["shards"][0]["bytes"] += 16
+    _set_manifest(split_dir, manifest)
+    with pytest.raises(ValueError, match=r"shard-00000-of-00002.tfrecord: \d+ bytes but .*manifest"):
+        records.SceneIndex(split_dir)
+    manifest = json.loads(json.dumps(good))
+    manifest["shards"][1]["sha256"] = "0" * 64
+    _set_manifest(split_dir, manifest)
+    records.SceneIndex(split_dir)                  # size and CRCs fine: sha256 is opt-in
+    with pytest.raises(ValueError, match=r"shard-00001-of-00002.tfrecord: sha256 .* does not match"):
+        records.SceneIndex(split_dir, verify_sha256=True)
+    _set_manifest(split_dir, good)
+    assert len(records.SceneIndex(split_dir, verify_sha256=True)) == 4
 
 
 def test_bad_scenes_are_reported(tmp_path):

@@ -61,6 +61,8 @@ each row site, -1 at padding) and the scene's `inverse`, for softmax voting at f
   eval_num_sites      static sites per eval/test row (no crop at eval: a larger scene is an error)
   eval_num_points     static full-resolution points per eval row (M)
   test_batch_size     fragment rows per test batch (test runs on one host)
+  verify_sha256       also recompute each shard's manifest sha256 when a split is opened (every
+                      record's CRC is checked on read in any case; records.py)
 """
 
 import functools
@@ -101,6 +103,7 @@ def default_config():
     c.eval_num_sites = 1 << 18
     c.eval_num_points = 1 << 20
     c.test_batch_size = 4
+    c.verify_sha256 = False
     return c
 
 
@@ -156,8 +159,8 @@ def _condition(cfg, name):
     return tuple(cfg.datasets).index(name)
 
 
-def _open_index(split_dir, name):
-    index = records.SceneIndex(split_dir)
+def _open_index(split_dir, name, cfg):
+    index = records.SceneIndex(split_dir, verify_sha256=cfg.verify_sha256)
     if index.dataset != name:
         raise ValueError(f"{split_dir}: manifest says dataset {index.dataset!r}, the config uses it "
                          f"as {name!r}")
@@ -248,7 +251,7 @@ class _TrainRows:
         self.local_batch = host_rows(cfg.batch_size, process_count, "batch_size")
         self.first_row = process_index * self.local_batch
         self.names = tuple(cfg.datasets)
-        self.indexes = [_open_index(cfg.train_dirs[name], name) for name in self.names]
+        self.indexes = [_open_index(cfg.train_dirs[name], name, cfg) for name in self.names]
         self.crop_fns = [_crop_budget_fn(cfg, name) for name in self.names]
         units = [len(index) if cfg.mixing == "per_sample" else len(index) // cfg.batch_size
                  for index in self.indexes]
@@ -422,7 +425,7 @@ def eval_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1)
     inverse -1), so multi-host evaluation stays in lockstep.
     """
     check_config(cfg, train=False)
-    rows = _EvalRows(cfg, _open_index(split_dir, dataset_name), _condition(cfg, dataset_name))
+    rows = _EvalRows(cfg, _open_index(split_dir, dataset_name, cfg), _condition(cfg, dataset_name))
     index = rows.index
     n, m = cfg.eval_num_sites, cfg.eval_num_points
     shapes = ((n, 3), (n,), (n, 6), (n,), (), (m,), (m,))
@@ -491,7 +494,7 @@ def fragment_dataset(split_dir, dataset_name, cfg, process_index=0, process_coun
     """
     check_config(cfg, train=False)
     condition = _condition(cfg, dataset_name)
-    index = _open_index(split_dir, dataset_name)
+    index = _open_index(split_dir, dataset_name, cfg)
     for position in range(process_index, len(index), process_count):
         scene = index.read(position)
         where = f"{split_dir} scene #{position}"
