@@ -2,7 +2,7 @@
 
 Not a runnable config by itself: `joint.py` and the baselines start from `recipe()` and change a few
 fields. Sections: data (ppt_jax/data/pipeline.py documents its fields), model, sparse, text, optim,
-train, eval, mesh, init, export, synthetic (the embedded default, used when the shards are absent).
+train, eval, init, export, synthetic (the embedded default, used when the shards are absent).
 """
 
 import ml_collections
@@ -86,9 +86,6 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.eval = ml_collections.ConfigDict()
     c.eval.datasets = tuple(datasets)
     c.eval.val_dirs = {n: f"{SHARD_ROOT}/{n}/val" for n in datasets}
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.model = 1                   # devices per model replica (the mesh's "model" axis)
 
     c.init = ml_collections.ConfigDict()
     c.init.export_dir = ""             # initialise from `--mode export` output (fine-tuning)

@@ -219,7 +219,7 @@ class Predictor:
     def __init__(self, export_dir):
         import ml_collections
 
-        from ppt_jax.train import checkpoint, setup, step
+        from ppt_jax.train import checkpoint, setup, sharding
 
         try:
             variables, meta = checkpoint.load_export(export_dir)
@@ -236,7 +236,7 @@ class Predictor:
         self.datasets = tuple(self.config.model.conditions)
         self.grid_size = float(self.config.data.grid_size)
         self.levels = len(self.config.sparse.level_fractions)
-        self._mesh = step.make_mesh()
+        self._mesh = sharding.make_mesh()
         self._steps = {}
 
     def condition(self, dataset):

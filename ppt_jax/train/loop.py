@@ -17,7 +17,7 @@ import tensorflow as tf
 from flax import traverse_util
 
 from ppt_jax import data, distributed, labels
-from ppt_jax.train import checkpoint, metrics, optim, setup
+from ppt_jax.train import checkpoint, metrics, optim, setup, sharding
 from ppt_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ def prepare(config, workdir):
         return resolved, synthetic, *setup.text_table(resolved, workdir)
 
     config, synthetic, table, text_info = _process_zero_first(data_and_text)
-    mesh = step_lib.make_mesh(config.mesh.model)
+    mesh = sharding.make_mesh()
     for field in ("batch_size", "eval_batch_size", "test_batch_size"):
-        step_lib.check_host_rows(mesh, config.data[field], f"config.data.{field}")
+        sharding.check_host_rows(mesh, config.data[field], f"config.data.{field}")
     return setup.Run(config=config, workdir=workdir, mesh=mesh, model=setup.build_model(config, table),
                      cond_map=setup.condition_map(config), text_info=text_info, synthetic=synthetic)
 
@@ -90,7 +90,7 @@ def prepare(config, workdir):
 def _to_device(run, batch, keys):
     batch = {k: batch[k] for k in keys}
     batch["condition"] = run.cond_map[batch["condition"]]
-    return step_lib.global_batch(batch, run.mesh)
+    return sharding.global_batch(batch, run.mesh)
 
 
 def _nonfinite_message(step, m, names):
@@ -200,7 +200,7 @@ def train(config, workdir):
         save(steps)
         _final_table(run, results, f"after {steps} steps")
         rec.write({"event": "final", "step": steps, "results": results,
-                   "train_step_traces": train_step.counter.traces, "text_encoder": run.text_info})
+                   "text_encoder": run.text_info})
         return results
     finally:
         preempt.close()
@@ -254,7 +254,7 @@ def evaluate_state(run, state):
     results = {}
     for name in cfg.eval.datasets:
         conf = jax.device_put(jnp.zeros((len(run.conditions), run.num_classes, run.num_classes),
-                                        jnp.int32), step_lib.replicated(run.mesh))
+                                        jnp.int32), sharding.replicated(run.mesh))
         for batch in data.eval_dataset(cfg.eval.val_dirs[name], name, cfg.data, jax.process_index(),
                                        jax.process_count()):
             conf = eval_step(variables, conf, _to_device(run, batch, data.pipeline.EVAL_KEYS))

@@ -18,7 +18,8 @@ import numpy as np
 from ppt_jax import labels, models, sparse, text
 from ppt_jax.data import schema
 from ppt_jax.train import optim
-from ppt_jax.train.step import TrainState, build_hierarchies, replicated
+from ppt_jax.train.sharding import replicated
+from ppt_jax.train.step import TrainState, build_hierarchies
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

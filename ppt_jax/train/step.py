@@ -1,8 +1,8 @@
 """The jitted train and eval steps, sharded over a device mesh.
 
-Batches (design.md §1) are sharded over the mesh's `data` axis; the train state is replicated and
-donated. The kernel-map hierarchy is built inside the step from grid_coord/mask (one compile per
-config: every shape is static). A step whose loss or gradients are not finite does not apply its
+Batches (design.md §1) are sharded over the mesh's `data` axis (`sharding`); the train state is
+replicated and donated. The kernel-map hierarchy is built inside the step from grid_coord/mask (one
+compile per config: every shape is static). A step whose loss or gradients are not finite does not apply its
 update: it returns the old state and `finite = False`, and the loop reports the step and dataset.
 """
 
@@ -11,15 +11,11 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ppt_jax import models, sparse
 from ppt_jax.train import metrics as metrics_lib
-
-DATA_AXIS = "data"
-MODEL_AXIS = "model"
+from ppt_jax.train.sharding import batch_sharding, replicated
 
 
 @flax.struct.dataclass
@@ -31,66 +27,15 @@ class TrainState:
     rng: jax.Array            # uint32 key data (checkpointable)
 
 
-def make_mesh(model_parallel=1, devices=None):
-    """Mesh (data, model) over all devices; `model_parallel` devices per model replica."""
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    if devices.size % model_parallel:
-        raise ValueError(f"config.mesh.model={model_parallel} does not divide the {devices.size} "
-                         f"devices")
-    return Mesh(devices.reshape(-1, model_parallel), (DATA_AXIS, MODEL_AXIS))
-
-
-def batch_sharding(mesh):
-    return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicated(mesh):
-    return NamedSharding(mesh, P())
-
-
-def check_host_rows(mesh, global_rows, field):
-    """Raise unless a global batch of `global_rows` splits evenly over the data axis and this
-    process's devices own the contiguous block of rows [p * rows / P, (p + 1) * rows / P), the rows
-    the input pipeline reads on host p (`ppt_jax.data.pipeline`)."""
-    data_devices = mesh.shape[DATA_AXIS]
-    if global_rows % data_devices:
-        raise ValueError(f"{field}: {global_rows} global rows do not split over the "
-                         f"{data_devices} devices of the mesh's data axis")
-    owned = batch_sharding(mesh).addressable_devices_indices_map((global_rows,)).values()
-    rows = sorted({r for (index,) in owned for r in range(*index.indices(global_rows))})
-    local = global_rows // jax.process_count()
-    expected = list(range(jax.process_index() * local, (jax.process_index() + 1) * local))
-    if rows != expected:
-        raise ValueError(f"{field}: process {jax.process_index()} owns rows {rows} of the global "
-                         f"batch, the pipeline gives it {expected}: order the mesh's devices by "
-                         f"process (jax.devices() order)")
-
-
-def global_batch(batch, mesh):
-    """Per-host numpy batch -> global jax arrays sharded over the data axis (multi-host safe)."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items()}
-
-
 def build_hierarchies(grid_coord, mask, spec):
     """Batched `sparse.build_hierarchy` (one hierarchy per sample)."""
     return jax.vmap(lambda g, m: sparse.build_hierarchy(g, m, spec))(grid_coord, mask)
 
 
-class StepCounter:
-    """Counts how often a step function is traced (= compiled); tests check it stays 1."""
-
-    def __init__(self):
-        self.traces = 0
-
-
 def make_train_step(model, tx, lr_fn, spec, num_datasets, mesh):
     """jit(state, batch) -> (state, metrics) with NamedShardings and the state donated."""
-    counter = StepCounter()
 
-    def step(state, batch):
-        counter.traces += 1
+    def train_step(state, batch):
         h = build_hierarchies(batch["grid_coord"], batch["mask"], spec)
         cond = batch["condition"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -116,10 +61,8 @@ def make_train_step(model, tx, lr_fn, spec, num_datasets, mesh):
         }
         return out, metrics
 
-    fn = jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
-    fn.counter = counter
-    return fn
+    return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
 
 def make_eval_step(model, spec, num_datasets, num_classes, mesh):
@@ -129,7 +72,7 @@ def make_eval_step(model, spec, num_datasets, num_classes, mesh):
     its site through `inverse` (-1 = padding point, ignored), compared with `origin_segment`.
     """
 
-    def step(variables, conf, batch):
+    def eval_step(variables, conf, batch):
         h = build_hierarchies(batch["grid_coord"], batch["mask"], spec)
         logits = model.apply(variables, batch["feat"], h, batch["condition"], train=False)
         pred = jnp.argmax(logits, -1)
@@ -138,23 +81,25 @@ def make_eval_step(model, spec, num_datasets, num_classes, mesh):
         return conf + metrics_lib.confusion(full, batch["origin_segment"], batch["condition"],
                                             num_datasets, num_classes)
 
-    return jax.jit(step, in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=replicated(mesh), donate_argnums=1)
+    shardings = (replicated(mesh), replicated(mesh), batch_sharding(mesh))
+    return jax.jit(eval_step, in_shardings=shardings, out_shardings=replicated(mesh),
+                   donate_argnums=1)
 
 
 def make_vote_step(model, spec, mesh):
     """jit(variables, votes, batch) -> votes + this batch's softmax at each row site's stored site.
 
-    Test-time voting (spec §8) batched on device: `batch["index"]` (B, N) is the stored site of each
+    Test-time voting (docs/reference.md) batched on device: `batch["index"]` (B, N) is the stored site of each
     row site (-1 at padding); votes (S, K) is one scene's running sum.
     """
 
-    def step(variables, votes, batch):
+    def vote_step(variables, votes, batch):
         h = build_hierarchies(batch["grid_coord"], batch["mask"], spec)
         logits = model.apply(variables, batch["feat"], h, batch["condition"], train=False)
         probs = jax.nn.softmax(logits, -1)
         index = jnp.where(batch["index"] >= 0, batch["index"], votes.shape[0])
         return votes.at[index.reshape(-1)].add(probs.reshape(-1, probs.shape[-1]), mode="drop")
 
-    return jax.jit(step, in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=replicated(mesh), donate_argnums=1)
+    shardings = (replicated(mesh), replicated(mesh), batch_sharding(mesh))
+    return jax.jit(vote_step, in_shardings=shardings, out_shardings=replicated(mesh),
+                   donate_argnums=1)
