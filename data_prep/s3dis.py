@@ -127,24 +127,29 @@ def load_room(scene_id, raw, angles, align_angle, mesh_root=None):
             "path": room_dir, "notes": notes}
 
 
-def main(argv=None):
-    p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--areas", default=",".join(AREAS), help="comma-separated subset of Area_1..Area_6")
+def add_arguments(p):
+    p.add_argument("--areas", type=cli.subset(AREAS), default=",".join(AREAS),
+                   help="comma-separated subset of Area_1..Area_6")
     p.add_argument("--align_angle", action="store_true", help="rotate rooms by their alignment angle")
     p.add_argument("--mesh_root", help="Stanford2d3dDataset_noXYZ folder: normals from its meshes (as the "
                                        "reference's --parse_normal) instead of PCA estimates")
-    args = p.parse_args(argv)
-    summaries = []
-    for area in args.areas.split(","):
-        if area not in AREAS:
-            p.error(f"--areas: unknown area {area!r}; choose from {AREAS}")
+
+
+def splits(args):
+    """The write_split arguments of every requested area (every alignment file read first)."""
+    jobs = []
+    for area in args.areas:
         angles = {f"{area}/{room}": angle for room, angle in read_rooms(args.raw, area)}
         load = functools.partial(load_room, raw=args.raw, angles=angles, align_angle=args.align_angle,
                                  mesh_root=args.mesh_root)
-        extra = {"align_angle": args.align_angle, "mesh_normals": bool(args.mesh_root)}
-        summaries.append(writer.write_split(args.out, labels.S3DIS, area, list(angles), load,
-                                            keep_full_res=True, manifest_extra=extra, **cli.writer_kwargs(args)))
-    return cli.report(summaries)
+        jobs.append({"out_dir": args.out, "dataset": labels.S3DIS, "split": area, "scene_ids": list(angles),
+                     "load_fn": load, "keep_full_res": True,
+                     "manifest_extra": {"align_angle": args.align_angle, "mesh_normals": bool(args.mesh_root)}})
+    return jobs
+
+
+def main(argv=None):
+    return cli.main(__doc__.splitlines()[0], add_arguments, splits, argv)
 
 
 if __name__ == "__main__":

@@ -118,25 +118,25 @@ def load_scene(scene_id, raw, table, labelled):
             "segment": segment, "instance": instance, "path": ply_path}
 
 
-def main(argv=None):
-    p = cli.parser(__doc__.splitlines()[0])
+def add_arguments(p):
     p.add_argument("--meta", help="folder with the label table and split lists (default: --raw)")
-    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset of train,val,test")
+    p.add_argument("--splits", type=cli.subset(SPLITS), default=",".join(SPLITS),
+                   help="comma-separated subset of train,val,test")
     p.add_argument("--segment200", action="store_true", help="ScanNet200 labels (dataset 'ScanNet200')")
-    args = p.parse_args(argv)
+
+
+def splits(args):
+    """The write_split arguments of every requested split (label table and split lists read first)."""
     meta = args.meta or args.raw
-    label_space = 200 if args.segment200 else 20
-    table = read_label_table(os.path.join(meta, LABEL_TABLE), label_space)
+    table = read_label_table(os.path.join(meta, LABEL_TABLE), 200 if args.segment200 else 20)
     dataset, names = ("ScanNet200", CLASS_LABELS_200) if args.segment200 else ("ScanNet", None)
-    summaries = []
-    for split in args.splits.split(","):
-        if split not in SPLITS:
-            p.error(f"--splits: unknown split {split!r}; choose from {SPLITS}")
-        load = functools.partial(load_scene, raw=args.raw, table=table, labelled=split != "test")
-        summaries.append(writer.write_split(
-            args.out, dataset, split, read_split_list(meta, split), load,
-            keep_full_res=split != "train", label_names=names, **cli.writer_kwargs(args)))
-    return cli.report(summaries)
+    return [{"out_dir": args.out, "dataset": dataset, "split": split, "scene_ids": read_split_list(meta, split),
+             "load_fn": functools.partial(load_scene, raw=args.raw, table=table, labelled=split != "test"),
+             "keep_full_res": split != "train", "label_names": names} for split in args.splits]
+
+
+def main(argv=None):
+    return cli.main(__doc__.splitlines()[0], add_arguments, splits, argv)
 
 
 if __name__ == "__main__":

@@ -187,20 +187,22 @@ def load_room(scene_id, raw):
             "instance": np.full(len(coord), -1, np.int32), "path": base, "notes": notes}
 
 
-def main(argv=None):
-    p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset of train,val,test")
-    args = p.parse_args(argv)
+def add_arguments(p):
+    p.add_argument("--splits", type=cli.subset(SPLITS), default=",".join(SPLITS),
+                   help="comma-separated subset of train,val,test")
+
+
+def splits(args):
+    """The write_split arguments of every requested split (the zips' room index read first)."""
     rooms = sorted(archive(args.raw).rooms)
-    summaries = []
-    for split in args.splits.split(","):
-        if split not in SPLITS:
-            p.error(f"--splits: unknown split {split!r}; choose from {SPLITS}")
-        ids = [r for r in rooms if split_of(r.split("/")[0]) == split]
-        summaries.append(writer.write_split(
-            args.out, labels.STRUCTURED3D, split, ids, functools.partial(load_room, raw=args.raw),
-            keep_full_res=split != "train", **cli.writer_kwargs(args)))
-    return cli.report(summaries)
+    return [{"out_dir": args.out, "dataset": labels.STRUCTURED3D, "split": split,
+             "scene_ids": [r for r in rooms if split_of(r.split("/")[0]) == split],
+             "load_fn": functools.partial(load_room, raw=args.raw), "keep_full_res": split != "train"}
+            for split in args.splits]
+
+
+def main(argv=None):
+    return cli.main(__doc__.splitlines()[0], add_arguments, splits, argv)
 
 
 if __name__ == "__main__":

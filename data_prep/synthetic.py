@@ -346,6 +346,25 @@ def _must_overwrite(split_dir, settings):
     return not same
 
 
+def split_jobs(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DEFAULT_DENSITY):
+    """The `writer.write_split` arguments of every synthetic split (all checked first); see `generate`."""
+    scenes = _check_counts("scenes", scenes)
+    val_scenes = _check_counts("val_scenes", val_scenes if val_scenes is not None
+                               else [max(2, n // 8) for n in scenes])
+    sampling_density(ORDER[0], density)  # validates density before any work
+    jobs = []
+    for domain, n_train, n_val in zip(ORDER, scenes, val_scenes):
+        settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed),
+                    "density": float(density), "domain": domain}
+        for split, count in (("train", n_train), ("val", n_val)):
+            jobs.append({"out_dir": os.path.join(out_dir, domain), "dataset": domain, "split": split,
+                         "scene_ids": _scene_ids(split, count),
+                         "load_fn": functools.partial(make_scene, domain, seed=int(seed), density=float(density)),
+                         "keep_full_res": split != "train",
+                         "manifest_extra": {"synthetic": True, "generator": settings}})
+    return jobs
+
+
 def generate(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DEFAULT_DENSITY,
              workers=1, scenes_per_shard=16, progress=True):
     """Write synthetic train/val shards for Structured3D, ScanNet, S3DIS under `out_dir/<Dataset>/`.
@@ -355,24 +374,12 @@ def generate(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DE
     At small densities `workers=1` is fastest: the writer spawns fresh processes (each importing
     TensorFlow) for every split, which costs more than the scenes themselves.
     """
-    scenes = _check_counts("scenes", scenes)
-    val_scenes = _check_counts("val_scenes", val_scenes if val_scenes is not None
-                               else [max(2, n // 8) for n in scenes])
-    sampling_density(ORDER[0], density)  # validates density before any work
     out = {}
-    for domain, n_train, n_val in zip(ORDER, scenes, val_scenes):
-        out[domain] = {}
-        for split, count in (("train", n_train), ("val", n_val)):
-            settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed),
-                        "density": float(density), "domain": domain}
-            overwrite = _must_overwrite(os.path.join(out_dir, domain, split), settings)
-            out[domain][split] = writer.write_split(
-                os.path.join(out_dir, domain), dataset=domain, split=split,
-                scene_ids=_scene_ids(split, count),
-                load_fn=functools.partial(make_scene, domain, seed=int(seed), density=float(density)),
-                keep_full_res=split != "train", workers=workers, scenes_per_shard=scenes_per_shard,
-                manifest_extra={"synthetic": True, "generator": settings}, overwrite=overwrite,
-                progress=progress)
+    for job in split_jobs(out_dir, scenes, val_scenes, seed, density):
+        split_dir = os.path.join(job["out_dir"], job["split"])
+        overwrite = _must_overwrite(split_dir, job["manifest_extra"]["generator"])
+        out.setdefault(job["dataset"], {})[job["split"]] = writer.write_split(
+            **job, workers=workers, scenes_per_shard=scenes_per_shard, overwrite=overwrite, progress=progress)
     return out
 
 
@@ -383,17 +390,26 @@ def _counts(text):
         raise argparse.ArgumentTypeError(f"expected three comma-separated counts, got {text!r}")
 
 
+def add_arguments(p):
+    p.add_argument("--scenes", type=_counts, default=list(DEFAULT_SCENES),
+                   help="train scenes for Structured3D,ScanNet,S3DIS (default 160,80,40)")
+    p.add_argument("--val_scenes", type=_counts, default=None,
+                   help="val scenes, same order (default max(2, train // 8))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--density", type=float, default=DEFAULT_DENSITY,
+                   help="fraction (0, 1] of the real datasets' 2 cm sites (1 = real density)")
+
+
+def splits(args):
+    """`split_jobs` from the flags of `add_arguments` and --out (the interface of data_prep.beam)."""
+    return split_jobs(args.out, args.scenes, args.val_scenes, args.seed, args.density)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output root; gets <Dataset>/{train,val}/")
-    parser.add_argument("--scenes", type=_counts, default=list(DEFAULT_SCENES),
-                        help="train scenes for Structured3D,ScanNet,S3DIS (default 160,80,40)")
-    parser.add_argument("--val_scenes", type=_counts, default=None,
-                        help="val scenes, same order (default max(2, train // 8))")
-    parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--density", type=float, default=DEFAULT_DENSITY,
-                        help="fraction (0, 1] of the real datasets' 2 cm sites (1 = real density)")
     parser.add_argument("--scenes_per_shard", type=int, default=16)
     args = parser.parse_args(argv)
     try:
@@ -401,7 +417,7 @@ def main(argv=None):
                           args.scenes_per_shard)
     except ValueError as err:
         parser.error(str(err))
-    summaries = [s for splits in result.values() for s in splits.values()]
+    summaries = [s for by_split in result.values() for s in by_split.values()]
     for summary in summaries:
         print(summary.line())
     return 0 if all(s.ok for s in summaries) else 1
