@@ -4,8 +4,10 @@ Reads a state dict as a `.npz` of numpy arrays (no torch needed) or a `.pth` che
 torch is importable); `checkpoint["state_dict"]` is unwrapped and the DDP `module.` prefix stripped.
 A bare SpUNet-v1m3 state dict (no `backbone.` prefix) is treated as the backbone.
 
-Every target leaf of the template variables is filled from named source keys (spec §14):
-- spconv weights (out, kx, ky, kz, in) -> (k**3, in, out) taps (design.md §2); Linear (out, in) -> (in, out);
+Every target leaf of the template variables is filled from named source keys:
+- spconv weights (out, kx, ky, kz, in) -> (k**3, in, out) taps (design.md §2), except k = 1 convs,
+  which spconv computes with the stored buffer viewed as (in, out) (`spconv_to_taps`);
+  Linear (out, in) -> (in, out);
 - PDNorm `bns.<i>.{weight,bias,running_mean,running_var}` stacked into our (D, C) leaves, where i is
   the dataset's index in the reference BACKBONE order ("ScanNet", "S3DIS", "Structured3D");
 - `embedding_table.weight` rows and `seg_heads.<i>` taken in the reference PPT order
@@ -23,6 +25,9 @@ from flax import traverse_util
 
 REF_BACKBONE_CONDITIONS = ("ScanNet", "S3DIS", "Structured3D")
 REF_PPT_CONDITIONS = ("Structured3D", "ScanNet", "S3DIS")
+# The reference pairs S3DIS labels with its text rows in union-index order (labels.valid_index): a
+# model holding its weights predicts what it predicts only with this order.
+S3DIS_ORDER = "code_faithful"
 _NORM_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _NORM_MODULES = ("bn", "bn1", "bn2", "proj_norm")   # PDNorm module names (spunet.py)
 _SKIPPED = re.compile(r".*num_batches_tracked$")
@@ -70,8 +75,15 @@ def normalize_keys(state):
 
 
 def spconv_to_taps(w):
-    """spconv (out, kx, ky, kz, in) -> (k**3, in, out), tap = (kx*k + ky)*k + kz."""
+    """spconv (out, kx, ky, kz, in) -> (k**3, in, out), tap = (kx*k + ky)*k + kz.
+
+    k = 1 is the exception: spconv 2.x computes such a conv as `features @ weight.view(in, out)` on
+    the stored buffer (its conv1x1 fast path), so the weight maps by a reshape, not a transpose
+    (docs/model.md, "Importing Pointcept weights").
+    """
     out, k, _, _, cin = w.shape
+    if k == 1:
+        return w.reshape(1, cin, out)
     return w.transpose(1, 2, 3, 4, 0).reshape(k ** 3, cin, out)
 
 
