@@ -231,6 +231,9 @@ class Predictor:
                                          f"full model (export with config.export.part='full')")
         self.variables = variables
         self.config = ml_collections.ConfigDict(meta["config"])
+        if "color_norm" not in self.config.data:      # exports written before the field existed
+            from ppt_jax.data import pipeline
+            self.config.data.color_norm = pipeline.DEFAULT_COLOR_NORM
         table, _ = setup.text_table(self.config, export_dir)
         self.model = setup.build_model(self.config, table)
         self.datasets = tuple(self.config.model.conditions)
@@ -294,7 +297,8 @@ def _single_view(predictor, cloud, condition):
     pick = order[starts]
     row = augment.center_shift({**augment.take(scene, pick), "grid_coord": grid[pick]},
                                apply_z=False)
-    grid_coord, mask, feat, _ = pipeline.pad_row(row, _round_up(len(pick), 1024))
+    grid_coord, mask, feat, _ = pipeline.pad_row(row, _round_up(len(pick), 1024),
+                                                 predictor.config.data.color_norm)
     batch = {"grid_coord": grid_coord[None], "mask": mask[None], "feat": feat[None],
              "condition": np.array([condition], np.int32),
              "index": np.where(mask, np.arange(len(mask)), -1).astype(np.int32)[None]}

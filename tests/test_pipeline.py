@@ -206,6 +206,7 @@ def test_config_errors_name_the_field(splits):
                                 ("mixing", "random", "config.data.mixing"),
                                 ("datasets", ("ScanNet", "KITTI"), "config.data.datasets"),
                                 ("mix_prob", 1.5, "config.data.mix_prob"),
+                                ("color_norm", "srgb", "config.data.color_norm"),
                                 ("batch_size", 9, "batch_size=9")]:
         with pytest.raises(ValueError, match=match):
             pipeline.train_dataset(_config(splits, **{field: value}))
@@ -219,6 +220,18 @@ def test_config_errors_name_the_field(splits):
     assert next(pipeline.train_dataset(single))["condition"].tolist() == [0, 0]
     with pytest.raises(ValueError, match="config.data.datasets: 'S3DIS' is not among"):
         next(pipeline.eval_dataset(splits[labels.S3DIS], labels.S3DIS, single))
+
+
+def test_color_norm_unit_and_legacy():
+    """color / 255 (Pointcept >= v1.6.0, the default) or color / 127.5 - 1 (checkpoints before it)."""
+    color = np.array([[0, 127.5, 255], [51, 102, 204]])
+    cloud = {"coord": np.zeros((2, 3)), "grid_coord": np.zeros((2, 3), np.int32), "color": color,
+             "normal": np.zeros((2, 3)), "segment": np.zeros(2, np.int32)}
+    assert pipeline.default_config().color_norm == "unit"
+    unit = pipeline.pad_row(cloud, 4, "unit")[2][:2, :3]
+    np.testing.assert_array_equal(unit, np.float32([[0, 0.5, 1], [0.2, 0.4, 0.8]]))
+    legacy = pipeline.pad_row(cloud, 4, "legacy")[2][:2, :3]
+    np.testing.assert_allclose(legacy, [[-1, 0, 1], [-0.6, -0.2, 0.6]], atol=1e-7)
 
 
 def test_reference_ratio_schedule_exact():

@@ -49,6 +49,8 @@ each row site, -1 at padding) and the scene's `inverse`, for softmax voting at f
   batch_size          rows per step, all hosts together (each host reads batch_size / hosts)
   num_sites           N, static sites per training row
   grid_size           2 cm sampling grid (metres)
+  color_norm          the feature colour: "unit" = color / 255 (the reference's NormalizeColor since
+                      Pointcept v1.6.0) | "legacy" = color / 127.5 - 1 (before it; docs/model.md)
   grid_align          train grid_coord are shifted towards 0 by multiples of this (2^4 for SpUNet's
                       four stride-2 levels: outputs unchanged, coordinates stay small after crops)
   mix_prob            Mix3D probability per batch (reference 0.8)
@@ -80,6 +82,8 @@ TTA_VIEWS = tuple((angle * np.pi, scale, False) for scale in (1.0, 0.95, 1.05)
                    for angle in (0.0, 0.5, 1.0, 1.5)) + ((0.0, 1.0, True),)
 TRAIN_KEYS = ("grid_coord", "mask", "feat", "segment", "condition", "cropped_sites")
 EVAL_KEYS = ("grid_coord", "mask", "feat", "segment", "condition", "inverse", "origin_segment")
+COLOR_NORMS = {"unit": (255.0, 0.0), "legacy": (127.5, -1.0)}   # feature = color / divisor + offset
+DEFAULT_COLOR_NORM = "unit"
 
 
 def default_config():
@@ -92,6 +96,7 @@ def default_config():
     c.batch_size = 3
     c.num_sites = 100_000
     c.grid_size = 0.02
+    c.color_norm = DEFAULT_COLOR_NORM
     c.grid_align = 16
     c.mix_prob = 0.8
     c.crop_point_max = {labels.SCANNET: 100_000}
@@ -131,6 +136,8 @@ def check_config(cfg, train=True):
             _fail("crop_sample_rate", f"{name}: rate {rate} not in (0, 1]")
     if cfg.grid_size <= 0:
         _fail("grid_size", f"must be positive, got {cfg.grid_size}")
+    if cfg.color_norm not in COLOR_NORMS:
+        _fail("color_norm", f"must be one of {tuple(COLOR_NORMS)}, got {cfg.color_norm!r}")
     if cfg.grid_align < 1:
         _fail("grid_align", f"must be >= 1, got {cfg.grid_align}")
     for field in ("eval_batch_size", "eval_num_sites", "eval_num_points", "test_batch_size"):
@@ -211,23 +218,24 @@ def align_grid(cloud, multiple):
     return {**cloud, "grid_coord": cloud["grid_coord"] - (lo // multiple) * multiple}
 
 
-def fill_row(cloud, grid, mask, feat, segment):
+def fill_row(cloud, grid, mask, feat, segment, color_norm):
     """Write a cloud with `grid_coord` into the first rows of preset padded row arrays (N, ...)."""
     n = len(cloud["coord"])
     if n > len(mask):
         raise ValueError(f"row has {n} sites > budget {len(mask)}")
     grid[:n] = cloud["grid_coord"]
     mask[:n] = True
-    feat[:n, :3] = cloud["color"] / 255.0  # NormalizeColor
+    divisor, offset = COLOR_NORMS[color_norm]
+    feat[:n, :3] = cloud["color"] / divisor + offset  # NormalizeColor
     feat[:n, 3:] = cloud["normal"]
     segment[:n] = cloud["segment"]
 
 
-def pad_row(cloud, num_sites):
+def pad_row(cloud, num_sites, color_norm):
     """Cloud with `grid_coord` -> fixed-size (grid_coord, mask, feat, segment) with padding."""
     row = (np.zeros((num_sites, 3), np.int32), np.zeros(num_sites, bool),
            np.zeros((num_sites, 6), np.float32), np.full(num_sites, -1, np.int32))
-    fill_row(cloud, *row)
+    fill_row(cloud, *row, color_norm)
     return row
 
 
@@ -298,7 +306,7 @@ class _TrainRows:
             second, cropped_b = self._sample(d, partner, key, 1, cfg.num_sites // 2)
             cloud, cropped = merge_mix3d(first, second), cropped_a + cropped_b
         cloud = align_grid(cloud, cfg.grid_align)
-        return (*pad_row(cloud, cfg.num_sites), np.int32(d), np.int32(cropped))
+        return (*pad_row(cloud, cfg.num_sites, cfg.color_norm), np.int32(d), np.int32(cropped))
 
 
 def _numpy_rows(fn, shapes, dtypes, keys, num_parallel_calls):
@@ -402,7 +410,7 @@ class _EvalRows:
             empty = {"coord": np.zeros((0, 3)), "grid_coord": np.zeros((0, 3), np.int32),
                      "color": np.zeros((0, 3)), "normal": np.zeros((0, 3)),
                      "segment": np.zeros(0, np.int32)}
-            return (*pad_row(empty, n), np.int32(self.condition), np.full(m, -1, np.int32),
+            return (*pad_row(empty, n, cfg.color_norm), np.int32(self.condition), np.full(m, -1, np.int32),
                     np.full(m, -1, np.int32))
         scene = self.index.read(position)
         where = f"{self.index.split_dir} scene #{position}"
@@ -414,7 +422,7 @@ class _EvalRows:
         if len(cloud["coord"]) > n:
             raise ValueError(f"{where}: {len(cloud['coord'])} sites at {cfg.grid_size} m > "
                              f"config.data.eval_num_sites = {n}; raise it")
-        return (*pad_row(cloud, n), np.int32(self.condition),
+        return (*pad_row(cloud, n, cfg.color_norm), np.int32(self.condition),
                 _pad_points(site_to_row[inverse], m, where), _pad_points(origin_segment, m, where))
 
 
@@ -474,7 +482,7 @@ def scene_fragments(scene, cfg, condition, where="scene"):
         if r == 0:
             batch = _empty_batch(size, num_sites, condition)
         fill_row(cloud, batch["grid_coord"][r], batch["mask"][r], batch["feat"][r],
-                 batch["segment"][r])
+                 batch["segment"][r], cfg.color_norm)
         batch["index"][r, :len(cloud["site"])] = cloud["site"]
         r = (r + 1) % size
         if r == 0:
