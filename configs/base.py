@@ -82,6 +82,7 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.train.keep_checkpoints = 3
     c.train.stop_at_step = -1          # stop (after saving) at this step, e.g. to split a run
     c.train.on_nonfinite = "raise"     # or "skip" the batch (the update is never applied)
+    c.train.allow_resume_changes = ""  # settings that may differ from the checkpoint's, e.g. "optim.lr"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.datasets = tuple(datasets)

@@ -186,3 +186,32 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line_and_left_in_place(
 def test_keep_zero_is_refused(tmp_path):
     with pytest.raises(ValueError, match="keep=0"):
         checkpoint.Checkpoints(tmp_path, keep=0)
+
+
+def _config(**train):
+    return {"name": "x", "model": {"channels": [8, 8]}, "optim": {"lr": 0.05},
+            "train": {"steps": 21, "log_every": 1, **train}, "data": {"batch_size": 2,
+                                                                    "train_dirs": {"S": "/a"}}}
+
+
+def test_resume_refuses_other_settings_in_one_message_unless_allowed(tmp_path):
+    ckpt = checkpoint.Checkpoints(tmp_path)
+    ckpt.save(1, _state(1), {"data": {"step": 1}, "config": _config()})
+    other = _config(steps=100, log_every=5)
+    other["optim"]["lr"] = 0.1
+    other["model"]["channels"] = (8, 16)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        ckpt.restore(_state(0), check_meta=checkpoint.resume_check(other))
+    msg = str(err.value)
+    assert "\n" not in msg and "log_every" not in msg          # run control may change freely
+    for change in ("model.channels: [8, 8] -> [8, 16]", "optim.lr: 0.05 -> 0.1",
+                   "train.steps: 21 -> 100",
+                   "--config.train.allow_resume_changes=model.channels,optim.lr,train.steps"):
+        assert change in msg
+    assert ckpt.periodic.all_steps() == [1]                     # nothing moved aside
+    del other["model"]
+    other["model"] = {"channels": [8, 8]}
+    state, _ = ckpt.restore(_state(0), check_meta=checkpoint.resume_check(
+        other, allowed=["optim", "train.steps"]))
+    _assert_trees_equal(state, _state(1))
+    ckpt.close()

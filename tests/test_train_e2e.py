@@ -8,6 +8,8 @@ compilation cache, so identical steps compile once:
   C  1 device, stopped at step 10, then resumed: the same per-step losses as B;
   E  export of B -> fine-tune on ScanNet alone from the export;
   N  a NaN injected into a batch: reported with step and dataset, the update not applied;
+  K  1 device, SIGKILLed while writing its step-14 checkpoint (a second run started meanwhile in the
+     same work directory fails at once), rerun: the same run as B, one metrics record per step;
   M  2 processes x 1 device under `launch/local.sh -n 2` (JAX's distributed runtime on 127.0.0.1,
      gloo CPU collectives), the embedded default (process 0 writes the synthetic shards, then the
      others read them), one process preempted and the run resumed: the same run as A.
@@ -261,3 +263,62 @@ def test_two_processes_train_what_one_process_trains(root):
     for name in DATASETS:
         assert fm[name]["points"] == fa[name]["points"] > 0
         assert fm[name]["mIoU"] == pytest.approx(fa[name]["mIoU"], abs=1e-9)
+
+
+KILL_IN_SAVE = """
+import os, runpy, signal, sys, time
+from orbax.checkpoint._src.path import atomicity
+
+step, release = os.environ["KILL_IN_SAVE_STEP"], os.environ["KILL_IN_SAVE_RELEASE"]
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def killing_finalize(self, *args, **kwargs):
+    # Every file of the step is written under its temporary name; the rename is next.
+    if self.get_final().name == step and self.get_final().parent.name == "checkpoints":
+        print("KILL: writing checkpoint", step, flush=True)
+        while not os.path.exists(release):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+sys.argv = ["ppt_jax.main", *sys.argv[1:]]
+runpy.run_module("ppt_jax.main", run_name="__main__")
+"""
+
+
+def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(root):
+    workdir, release = root / "K", root / "K.release"
+    flags = [f"--config=configs/tiny.py", f"--workdir={workdir}", *_data_flags(root)]
+    env = dict(_env(root / "xla_cache", 1), KILL_IN_SAVE_STEP="14", KILL_IN_SAVE_RELEASE=str(release))
+    first = subprocess.Popen([sys.executable, "-c", KILL_IN_SAVE, *flags], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in first.stdout:
+        lines.append(line)
+        if line.startswith("KILL:"):
+            break
+    assert lines and lines[-1].startswith("KILL:"), "".join(lines)[-3000:]
+    # While the first run holds the directory, a second one fails at once naming it.
+    t0 = time.time()
+    second = subprocess.run([sys.executable, "-m", "ppt_jax.main", *flags], cwd=REPO,
+                            env=_env(root / "xla_cache", 1), capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode != 0
+    assert f"is in use by another training run: process {first.pid}" in second.stdout + second.stderr
+    assert time.time() - t0 < 60
+    release.write_text("")
+    first.wait(timeout=300)
+    assert first.returncode == -signal.SIGKILL
+    assert not (workdir / "checkpoints" / "14").exists()
+    _main(root / "xla_cache", 1, workdir, *_data_flags(root))
+    assert [s["step"] for s in _records(workdir, "start")] == [0, 7]
+    steps = [r["step"] for r in _records(workdir, "train")]
+    assert steps == list(range(1, 22))                 # one record per step, none twice
+    b, k = _losses(root / "B"), _losses(workdir)
+    np.testing.assert_array_equal([k[s] for s in range(1, 22)], [b[s] for s in range(1, 22)])
+    fb, fk = (_records(root / w, "final")[0]["results"] for w in ("B", "K"))
+    for name in DATASETS:
+        assert fk[name]["mIoU"] == fb[name]["mIoU"]
+    assert not (workdir / "rejected").exists()
+

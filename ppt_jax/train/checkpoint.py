@@ -92,6 +92,62 @@ def _reason(err):
     return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
+# Settings a resumed run may change freely: how the run is driven, logged, evaluated, not what it
+# trains. A prefix ending in "." covers a whole section.
+RUN_CONTROL = ("name", "train.log_every", "train.eval_every", "train.checkpoint_every",
+               "train.keep_checkpoints", "train.stop_at_step", "train.on_nonfinite",
+               "train.allow_resume_changes", "eval.", "text.cache_dir", "text.allow_download",
+               "data.num_parallel_calls", "data.prefetch", "data.eval_batch_size",
+               "data.eval_num_sites", "data.eval_num_points", "data.test_batch_size",
+               "data.verify_sha256", "export.", "mesh.", "init.", "synthetic.workers")
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _covered(key, prefixes):
+    return any(key == p or (p.endswith(".") and key.startswith(p)) or key.startswith(p + ".")
+               for p in prefixes if p)
+
+
+def config_record(config_dict):
+    """The run's config as stored with its checkpoints (JSON types: tuples become lists)."""
+    return json.loads(json.dumps(config_dict, default=str))
+
+
+def config_changes(saved, current, allowed=()):
+    """['key: saved -> current', ...] for the settings outside RUN_CONTROL and `allowed` (dotted keys
+    or section prefixes) that differ between a checkpoint's config and this run's."""
+    saved, current = _flat(config_record(saved)), _flat(config_record(current))
+    return [f"{k}: {saved.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}"
+            for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k) and not _covered(k, RUN_CONTROL + tuple(allowed))]
+
+
+def resume_check(config_dict, allowed=()):
+    """A `Checkpoints.restore(check_meta=...)` that refuses a checkpoint saved with other settings."""
+    def check(meta):
+        if "config" not in meta:
+            log.warning("the checkpoint records no config (written by an older version): "
+                        "settings not compared")
+            return
+        changes = config_changes(meta["config"], config_dict, allowed)
+        if changes:
+            raise CheckpointError(
+                f"the work directory's checkpoint was trained with other settings ({'; '.join(changes)}"
+                f"); these change the model, the data or the schedule. Resume with the saved "
+                f"settings, use another --workdir, or accept the change explicitly with "
+                f"--config.train.allow_resume_changes={','.join(c.split(':')[0] for c in changes)}")
+    return check
+
+
 def _layout_problem(template, arrays):
     """'' if `template` has the recorded arrays' paths, shapes and dtypes, else the first difference."""
     want = {jax.tree_util.keystr(p): (list(np.shape(x)), np.dtype(x.dtype).str)

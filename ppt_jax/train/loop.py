@@ -5,6 +5,7 @@ A run writes into its work directory: `metrics.jsonl` (one JSON record per log l
 table) and, for the embedded default, `synthetic/` (the generated shards) and `text/` (the text table).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -14,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+from etils import epath
 from flax import traverse_util
 
 from ppt_jax import data, distributed, labels
-from ppt_jax.train import checkpoint, metrics, optim, setup, sharding
+from ppt_jax.train import checkpoint, lock, metrics, optim, setup, sharding
 from ppt_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -31,14 +33,45 @@ def _json_default(x):
     return x.item() if hasattr(x, "item") else str(x)
 
 
-class Recorder:
-    """metrics.jsonl + TensorBoard scalars, written by process 0 only."""
+# Per-step records a resumed run writes again: (event, first step index that belongs to the steps
+# after the checkpoint `start`). "nonfinite" records carry the 0-based index of the failing step.
+_REPLAYED = {"train": 1, "eval": 1, "nonfinite": 0}
 
-    def __init__(self, workdir):
+
+def drop_replayed(lines, start):
+    """The metrics.jsonl lines that stay when a run resumes from its checkpoint at `start`: the
+    records of the steps after `start` are dropped, as the resumed run writes them again."""
+    keep = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue                      # a line cut short by a kill
+        first = _REPLAYED.get(r.get("event"))
+        if first is None or r.get("step", 0) < start + first:
+            keep.append(line)
+    return keep
+
+
+class Recorder:
+    """metrics.jsonl + TensorBoard scalars, written by process 0 only.
+
+    `resume_step`: the checkpoint step this run resumed from (None: a fresh start); records of later
+    steps left by a killed run are removed first, so that the file holds one record per step.
+    """
+
+    def __init__(self, workdir, resume_step=None):
         self.active = jax.process_index() == 0
         if self.active:
-            self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+            path = epath.Path(workdir) / "metrics.jsonl"
+            if resume_step is not None and path.exists():
+                keep = drop_replayed(path.read_text().splitlines(), resume_step)
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in keep))
+                tmp.replace(path)
+            self._files = contextlib.ExitStack()
+            self.file = self._files.enter_context(path.open("a"))
+            self.tb = tf.summary.create_file_writer(os.fspath(epath.Path(workdir) / "tb"))
 
     def write(self, record, scalars=None):
         if not self.active:
@@ -56,7 +89,7 @@ class Recorder:
 
     def close(self):
         if self.active:
-            self.file.close()
+            self._files.close()
             self.tb.close()
 
 
@@ -120,7 +153,14 @@ def _load_init(run, variables):
 
 
 def train(config, workdir):
-    """Train (resuming from the latest checkpoint), evaluate, save; returns the final results."""
+    """Train (resuming from the latest checkpoint), evaluate, save; returns the final results.
+
+    Process 0 holds the work directory's lock for the whole run (`lock.WorkdirLock`)."""
+    with lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train(config, workdir)
+
+
+def _train(config, workdir):
     run = prepare(config, workdir)
     cfg = run.config
     steps = setup.total_steps(cfg)
@@ -131,7 +171,8 @@ def train(config, workdir):
         variables, loaded = _load_init(run, variables)
     state = setup.new_state(variables, tx, cfg.seed, run.mesh)
     ckpts = checkpoint.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
-    restored = ckpts.restore(state)
+    allowed = [k.strip() for k in cfg.train.allow_resume_changes.split(",") if k.strip()]
+    restored = ckpts.restore(state, check_meta=checkpoint.resume_check(cfg.to_dict(), allowed))
     best, start = -1.0, 0
     if restored is not None:
         state, meta = restored
@@ -145,7 +186,7 @@ def train(config, workdir):
     log.info("process %d of %d: rows [%d, %d) of every global batch of %d rows", jax.process_index(),
              jax.process_count(), jax.process_index() * local, (jax.process_index() + 1) * local,
              cfg.data.batch_size)
-    rec = Recorder(workdir)
+    rec = Recorder(workdir, None if restored is None else start)
     rec.write({"event": "start", "step": start, "total_steps": steps, "synthetic": run.synthetic,
                "text_encoder": run.text_info, "devices": jax.device_count(),
                "init_arrays_loaded": loaded, "config": cfg.to_dict()})
@@ -153,7 +194,8 @@ def train(config, workdir):
     window, t0, last = [], time.time(), start
 
     def save(step_now):
-        ckpts.save(step_now, state, {"data": batches.state(), "best_mIoU": best})
+        ckpts.save(step_now, state, {"data": batches.state(), "best_mIoU": best,
+                                     "config": checkpoint.config_record(cfg.to_dict())})
 
     try:
         for step in range(start, steps):
@@ -222,7 +264,9 @@ def _record_eval(run, rec, ckpts, state, step, results, best, batches):
     rec.write({"event": "eval", "step": step, "mean_mIoU": mean, "results": results},
               {f"eval/{n}/mIoU": results[n]["mIoU"] for n in names} | {"eval/mean_mIoU": mean})
     if mean > best:
-        ckpts.save_best(step, state, {"data": batches.state(), "best_mIoU": mean}, mean)
+        ckpts.save_best(step, state, {"data": batches.state(), "best_mIoU": mean,
+                                      "config": checkpoint.config_record(run.config.to_dict())},
+                        mean)
     return max(best, mean)
 
 

@@ -1,0 +1,35 @@
+"""The work directory: metrics records after a resume, and every file on a non-local file system."""
+
+import json
+
+from etils import epath
+
+from ppt_jax.train import loop
+
+
+def _line(event, step, **kw):
+    return json.dumps({"event": event, "step": step, **kw})
+
+
+def test_a_resumed_run_leaves_one_record_per_step():
+    killed = [_line("start", 0)] + [_line("train", s) for s in range(1, 10)]
+    killed += [_line("eval", 7), _line("nonfinite", 6), _line("nonfinite", 7), '{"event": "tr']
+    kept = loop.drop_replayed(killed, 7)          # checkpoint at 7, killed after step 9
+    rerun = kept + [_line("start", 7)] + [_line("train", s) for s in range(8, 12)]
+    steps = [json.loads(x)["step"] for x in rerun if json.loads(x)["event"] == "train"]
+    assert steps == list(range(1, 12))
+    assert [json.loads(x)["step"] for x in kept if json.loads(x)["event"] == "nonfinite"] == [6]
+    assert _line("eval", 7) in kept
+
+
+def test_recorder_on_object_storage_rewrites_and_appends(ram_dir):
+    rec = loop.Recorder(ram_dir)
+    for s in range(1, 6):
+        rec.write({"event": "train", "step": s}, {"train/loss": 1.0 / s})
+    rec.close()
+    rec = loop.Recorder(ram_dir, resume_step=3)
+    rec.write({"event": "train", "step": 4})
+    rec.close()
+    lines = (epath.Path(ram_dir) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    assert any(p.name.startswith("events.out.tfevents") for p in (epath.Path(ram_dir) / "tb").iterdir())
