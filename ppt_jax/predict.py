@@ -7,7 +7,8 @@ EXPORT_DIR is what `python -m ppt_jax.main --mode export` writes (weights + conf
 picks the prompt, the normalization and the class names (any of the datasets the model was trained
 with). `--input` is a PLY file (ASCII or binary, with or without faces and normals: normals are
 estimated when absent), a shard file (`*.tfrecord` written by data_prep: every scene in it), or a
-directory of such files. For each scene the tool writes `<out>/<scene>.ply` (vertices x y z, class
+directory of such files (a file that cannot be read is reported and skipped, the others are
+labelled, and the exit status is 1; 2 when nothing could be labelled). For each scene the tool writes `<out>/<scene>.ply` (vertices x y z, class
 colour red green blue, `label` in the dataset's own label order, `confidence` = the winning class's
 probability) and `<out>/<scene>.png` (top and oblique views, legend with class names).
 
@@ -38,7 +39,7 @@ class InputError(ValueError):
 @dataclasses.dataclass
 class Cloud:
     name: str
-    coord: np.ndarray            # (P, 3) float32 metres
+    coord: np.ndarray            # (P, 3) metres as read (float64 kept: georeferenced clouds)
     color: np.ndarray            # (P, 3) uint8
     normal: np.ndarray           # (P, 3) float32 unit (estimated when the file has none)
     source: str
@@ -47,9 +48,19 @@ class Cloud:
 # ----------------------------------------------------------------------------- input
 
 
+def model_coord(coord):
+    """float32 coordinates for the model, centred as the pipeline's CenterShift does, in float64
+    first: float32 cannot hold survey coordinates (UTM northings of 4e6 m are 0.25 m apart)."""
+    from ppt_jax.data import augment
+
+    centred = augment.center_shift({"coord": np.asarray(coord, np.float64)}, apply_z=True)
+    return centred["coord"].astype(np.float32)
+
+
 def _checked(name, coord, color, normal, source):
     """Validate one scene's arrays; InputError names the file and the problem."""
     coord = np.asarray(coord)
+    coord = coord.astype(np.float64 if coord.dtype != np.float32 else np.float32)
     if coord.ndim != 2 or coord.shape[1] != 3 or len(coord) == 0:
         raise InputError(source, "no points")
     bad = ~np.isfinite(coord).all(1)
@@ -69,14 +80,14 @@ def _checked(name, coord, color, normal, source):
     if normal is None:
         from data_prep import normals as normals_lib
 
-        normal = normals_lib.pca_normals(coord)
+        normal = normals_lib.pca_normals(model_coord(coord))
     else:
         normal = np.asarray(normal, np.float32)
         if not np.isfinite(normal).all():
             raise InputError(source, "normals contain NaN/inf")
         length = np.linalg.norm(normal, axis=1, keepdims=True)
         normal = np.where(length > 1e-6, normal / np.maximum(length, 1e-6), 0).astype(np.float32)
-    return Cloud(name, coord.astype(np.float32), color, normal, source)
+    return Cloud(name, coord, color, normal, source)
 
 
 _ASCII_TYPES = {"char", "int8", "uchar", "uint8", "short", "int16", "ushort", "uint16", "int",
@@ -181,13 +192,11 @@ def input_files(path):
     return [path]
 
 
-def read_clouds(path):
-    """--input -> iterator of Clouds (PLY by content, shards by the .tfrecord suffix)."""
-    for file in input_files(path):
-        if file.lower().endswith(".tfrecord"):
-            yield from read_shard_clouds(file)
-        else:
-            yield read_ply_cloud(file)
+def read_clouds(file):
+    """One input file -> list of Clouds (PLY by content, shards by the .tfrecord suffix)."""
+    if file.lower().endswith(".tfrecord"):
+        return read_shard_clouds(file)
+    return [read_ply_cloud(file)]
 
 
 # ----------------------------------------------------------------------------- model
@@ -278,13 +287,14 @@ class Predictor:
 
 def _as_scene(cloud, dataset):
     """Cloud -> the shard-scene dict the pipeline's test-time functions take (no labels)."""
-    return {"scene": cloud.name, "dataset": dataset, "coord": cloud.coord, "color": cloud.color, "normal": cloud.normal,
-            "segment": np.full(len(cloud.coord), -1, np.int32)}
+    return {"scene": cloud.name, "dataset": dataset, "coord": model_coord(cloud.coord),
+            "color": cloud.color, "normal": cloud.normal, "segment": np.full(len(cloud.coord), -1, np.int32)}
 
 
 def _as_points(cloud):
     """Cloud -> the float per-point dict of the pipeline's transforms."""
-    return {"coord": cloud.coord, "color": cloud.color.astype(np.float32), "normal": cloud.normal,
+    return {"coord": model_coord(cloud.coord), "color": cloud.color.astype(np.float32),
+            "normal": cloud.normal,
             "segment": np.full(len(cloud.coord), -1, np.int32)}
 
 
@@ -369,15 +379,26 @@ def main(argv=None):
     try:
         predictor = Predictor(args.checkpoint)
         dataset, _ = predictor.condition(args.dataset)
-        for cloud in read_clouds(args.input):
-            label, confidence = predict_cloud(predictor, cloud, dataset, args.vote, args.batch_size)
-            ply_path, png_path = write_outputs(args.out, cloud, dataset, label, confidence)
-            print(f"{cloud.source}: {len(label)} points -> {ply_path}, {png_path}", flush=True)
+        files = input_files(args.input)
     except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    failed = []
+    for file in files:      # a bad file is reported and skipped; the others are still labelled
+        try:
+            for cloud in read_clouds(file):
+                label, confidence = predict_cloud(predictor, cloud, dataset, args.vote,
+                                                  args.batch_size)
+                ply_path, png_path = write_outputs(args.out, cloud, dataset, label, confidence)
+                print(f"{cloud.source}: {len(label)} points -> {ply_path}, {png_path}", flush=True)
+        except (InputError, ValueError) as err:
+            print(f"error: {err} (skipped)", file=sys.stderr, flush=True)
+            failed.append(file)
+    if failed:
+        print(f"error: {len(failed)} of {len(files)} input files failed and were skipped: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 2 if len(failed) == len(files) else 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -247,3 +247,27 @@ def test_hierarchy_capacities_are_exact_for_the_sparse_engine():
     tight[2] -= 1                                 # one site short at level 2: the engine drops it
     h = build(padded, mask, sparse.HierarchySpec(tuple(tight)))
     assert int(h.dropped_sites[2]) == 1
+
+
+def test_georeferenced_clouds_keep_their_precision(tmp_path):
+    """A room at UTM-like coordinates gives the model the same input as the room at the origin
+    (float32 alone spaces y = 4e6 m by 0.25 m), and the output PLY keeps the coordinates."""
+    from types import SimpleNamespace
+
+    coord, _ = _box_room(n_per_face=2000)
+    color = np.zeros((len(coord), 3), np.uint8)
+    normal = np.tile([0.0, 0.0, 1.0], (len(coord), 1))
+    survey = coord.astype(np.float64) + [500_000.25, 4_000_000.5, 31.0]
+    near = predict._checked("room", coord.astype(np.float64), color, normal, "room.ply")
+    far = predict._checked("room", survey, color, normal, "room.ply")
+    predictor = SimpleNamespace(grid_size=0.02, config=SimpleNamespace(data=pipeline.default_config()))
+    (a,), inv_a = predict._single_view(predictor, near, 0)
+    (b,), inv_b = predict._single_view(predictor, far, 0)
+    np.testing.assert_array_equal(b["grid_coord"], a["grid_coord"])
+    np.testing.assert_array_equal(inv_b, inv_a)
+    np.testing.assert_allclose(b["feat"], a["feat"], atol=1e-6)
+    label = np.zeros(len(coord), np.int32)
+    ply_path, _ = predict.write_outputs(str(tmp_path), far, labels.S3DIS, label,
+                                        np.ones(len(coord), np.float32))
+    vertex = ply.read_ply(ply_path)["vertex"]
+    np.testing.assert_array_equal(np.stack([vertex[k] for k in "xyz"], 1), survey)

@@ -44,15 +44,21 @@ def _scene_ply(path, domain, binary):
 
 
 @pytest.mark.slow
-def test_predict_labels_a_directory_of_ply_files(export_dir, tmp_path, capsys):
+def test_predict_labels_a_directory_of_ply_files_skipping_a_broken_one(export_dir, tmp_path, capsys):
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     sizes = {"a_binary": _scene_ply(scenes / "a_binary.ply", labels.S3DIS, True),
              "b_ascii": _scene_ply(scenes / "b_ascii.ply", labels.S3DIS, False)}
+    (scenes / "0_broken.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 9\n")
     out = tmp_path / "out"
     rc = predict.main(["--checkpoint", export_dir, "--dataset", "s3dis", "--input", str(scenes),
                        "--out", str(out)])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    # The broken file (first in order) is reported and skipped; the good ones after it are labelled.
+    assert rc == 1, err
+    assert f"{scenes / '0_broken.ply'}: " in err and "(skipped)" in err
+    assert "1 of 3 input files failed and were skipped" in err
+    assert not (out / "0_broken.ply").exists()
     for name, size in sizes.items():
         vertex = ply.read_ply(str(out / f"{name}.ply"))["vertex"]
         assert len(vertex) == size

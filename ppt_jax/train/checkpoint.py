@@ -303,7 +303,7 @@ def export(out_dir, variables, config_dict, part="full"):
         ckptr.save(out_dir / EXPORT_VARIABLES, variables, force=True)
     (out_dir / EXPORT_CONFIG).write_text(json.dumps({"part": part, "config": config_dict}, indent=1,
                                                     default=str))
-    return out_dir
+    return str(out_dir)
 
 
 def load_export(export_dir):
