@@ -149,3 +149,15 @@ def test_cli_rejects_an_unknown_encoder_or_template(spy, tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"error: text template must be a string containing '\[x\]'"):
         cli.main(["--encoder", "minilm", "--out", str(tmp_path), "--template", "a photo"])
     assert spy.calls == []
+
+
+def test_cache_on_object_storage(spy, ram_dir):
+    """The cache reads and writes through etils.epath: a gs://-like location works as a local one."""
+    from etils import epath
+
+    emb = text.class_embeddings("minilm", NAMES, cache_dir=ram_dir)
+    again = text.class_embeddings("minilm", NAMES, cache_dir=ram_dir)
+    assert len(spy.calls) == 1
+    np.testing.assert_array_equal(again, emb)
+    names = sorted(p.name for p in (epath.Path(ram_dir) / cache.SUBDIR).iterdir())
+    assert len(names) == 2 and names[0].endswith(".json") and names[1].endswith(".npy")

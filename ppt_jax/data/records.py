@@ -17,11 +17,11 @@ Records are decoded with the protobuf parser straight into numpy (no TF ops): de
 """
 
 import hashlib
-import os
 import struct
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 from tensorflow.python.lib.io import tf_record
 
 
@@ -34,13 +34,13 @@ class SceneIndex:
     def __init__(self, split_dir, verify_sha256=False):
         self.split_dir = split_dir
         manifest = schema.read_manifest(split_dir)
-        where = os.path.join(split_dir, schema.MANIFEST_NAME)
+        where = str(epath.Path(split_dir) / schema.MANIFEST_NAME)
         if not manifest.get("shards"):
             raise ValueError(f"{where}: manifest lists no shards")
         self.dataset = manifest.get("dataset")
         self.locations = []  # (path, data offset, data length) per scene
         for shard in manifest["shards"]:
-            path = os.path.join(split_dir, shard["file"])
+            path = str(epath.Path(split_dir) / shard["file"])
             _check_shard_file(path, shard, where, verify_sha256)
             found = _record_spans(path)
             expected = shard.get("num_scenes")

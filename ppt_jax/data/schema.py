@@ -25,10 +25,10 @@ while dropping points that 2 cm sampling cannot tell apart (data_prep/README.md 
 """
 
 import json
-import os
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 SCHEMA_VERSION = 1
 PAD_MULTIPLE = 1024
@@ -149,11 +149,14 @@ def grid_key(grid_coord):
 
 
 def read_manifest(split_dir):
-    path = os.path.join(split_dir, MANIFEST_NAME)
-    if not os.path.exists(path):
+    """The split's manifest (`split_dir` may be local or gs://..., read through etils.epath)."""
+    path = epath.Path(split_dir) / MANIFEST_NAME
+    if not path.exists():
         raise FileNotFoundError(f"no shard manifest at {path}: run data_prep for this split first")
-    with open(path) as f:
-        manifest = json.load(f)
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); re-run data_prep") from None
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {manifest.get('schema_version')} "
                          f"!= supported {SCHEMA_VERSION}; re-run data_prep")

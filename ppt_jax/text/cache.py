@@ -6,10 +6,12 @@ and a sha256 of the table, checked on every load: training reads the table with 
 """
 
 import hashlib
+import io
 import json
 import os
 
 import numpy as np
+from etils import epath
 
 FORMAT = 1
 SUBDIR = "text_embeddings"
@@ -25,19 +27,19 @@ def table_sha256(table):
 
 
 def paths(cache_dir, spec):
-    stem = os.path.join(cache_dir, SUBDIR, f"{spec['encoder']}_{spec_key(spec)}")
-    return stem + ".npy", stem + ".json"
+    """(table .npy, metadata .json) as epath.Paths (`cache_dir` may be local or gs://...)."""
+    stem = epath.Path(cache_dir) / SUBDIR / f"{spec['encoder']}_{spec_key(spec)}"
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
 
 
 def load(cache_dir, spec):
     """The cached table for `spec`, or None if there is none; a corrupt or mismatched entry is an error."""
     npy, meta_path = paths(cache_dir, spec)
-    if not os.path.isfile(meta_path):
+    if not meta_path.is_file():
         return None
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        table = np.load(npy, allow_pickle=False)
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        table = np.load(io.BytesIO(npy.read_bytes()), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"embedding cache {meta_path} / {npy} is unreadable ({e}); delete both to rebuild") from e
     stored = {k: meta.get(k) for k in spec}
@@ -48,16 +50,20 @@ def load(cache_dir, spec):
     return table
 
 
+def _write_atomic(path, data):
+    """Write bytes under a temporary name, then rename: readers never see half a file."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def save(cache_dir, spec, table, extra):
     """Write the table, then its metadata (the JSON's presence marks a complete entry); returns the JSON path."""
     npy, meta_path = paths(cache_dir, spec)
-    os.makedirs(os.path.dirname(npy), exist_ok=True)
-    tmp = f"{npy}.tmp{os.getpid()}.npy"
-    np.save(tmp, table, allow_pickle=False)
-    os.replace(tmp, npy)
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, table, allow_pickle=False)
+    _write_atomic(npy, buffer.getvalue())
     meta = dict(spec, **extra, shape=list(table.shape), sha256=table_sha256(table))
-    tmp = f"{meta_path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, meta_path)
+    _write_atomic(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
     return meta_path

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import tempfile
 from collections import namedtuple
 
 import numpy as np
@@ -35,7 +36,9 @@ def class_embeddings(encoder, names, template="[x]", *, cache_dir, model_path=No
         log.info("%s: loaded %s table %s from %s", label, encoder, table.shape, cache.paths(cache_dir, spec)[0])
         return table
     texts = [template.replace("[x]", name) for name in spec["names"]]
-    raw = ENCODERS[encoder].encode(texts, model_path=model_path, bpe_path=bpe_path, work_dir=cache_dir)
+    # Tokenizer files built from bpe_path must be local files (Hugging Face reads them by path).
+    work_dir = str(cache_dir) if "://" not in str(cache_dir) else tempfile.mkdtemp(prefix="ppt_text_")
+    raw = ENCODERS[encoder].encode(texts, model_path=model_path, bpe_path=bpe_path, work_dir=work_dir)
     table = normalize_rows(raw, encoder, len(texts))
     extra = {"label": label, "dim": int(table.shape[1]), "bpe_path": bpe_path}
     meta_path = cache.save(cache_dir, spec, table, extra)
