@@ -33,3 +33,13 @@ def test_recorder_on_object_storage_rewrites_and_appends(ram_dir):
     lines = (epath.Path(ram_dir) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
     assert any(p.name.startswith("events.out.tfevents") for p in (epath.Path(ram_dir) / "tb").iterdir())
+
+
+def test_object_storage_work_directories_stay_uris():
+    """os.path.abspath turned gs://B/x into <cwd>/gs:/B/x; Orbax needs absolute paths."""
+    from ppt_jax.train import checkpoint
+
+    assert str(checkpoint.absolute("gs://bucket/runs/joint")) == "gs://bucket/runs/joint"
+    assert str(checkpoint.absolute("gs://bucket/runs/joint") / "checkpoints") == \
+        "gs://bucket/runs/joint/checkpoints"
+    assert checkpoint.absolute("runs/x").is_absolute()
