@@ -20,7 +20,7 @@ import sys
 import zipfile
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from data_prep import cli, writer
 from ppt_jax import labels
@@ -75,7 +75,9 @@ class Archive:
         try:
             img = Image.open(io.BytesIO(self.read(name)))
             arr = np.array(img.convert("RGB") if channels == 3 else img)
-        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        except UnidentifiedImageError:  # its message holds the BytesIO's address: a different manifest each run
+            raise writer.SceneError(self.path(name), "unreadable image: not an image format PIL knows") from None
+        except (OSError, ValueError) as err:
             raise writer.SceneError(self.path(name), f"unreadable image: {err}") from None
         if channels == 1 and arr.ndim != 2:
             raise writer.SceneError(self.path(name), f"expected a one-channel image, got shape {arr.shape}")

@@ -149,7 +149,8 @@ def test_cli_splits_labels_and_broken_rooms(raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 1
     assert ("skipped scene_03250/room_2: Structured3D/scene_03250/2D_rendering/2: empty room: no valid "
-            "points in any view") in printed and "unreadable image" in printed
+            "points in any view") in printed
+    assert "panorama/full/depth.png: unreadable image: not an image format PIL knows)" in printed
     assert "repaired scene_00001/room_3: view left out: " in printed and "semantic.png: file not found" in printed
 
     manifest, scenes = read_split(os.path.join(out, "train"))
