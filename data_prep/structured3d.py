@@ -39,14 +39,29 @@ def split_of(scene):
     return "train" if number < 3000 else "val" if number < 3250 else "test"
 
 
+def _zip_files(raw):
+    """Paths and seekable binary files of the *.zip in `raw`: a folder, or a URL that
+    apache_beam.io.filesystems reads (gs://, s3://, ...), so Beam workers read the zips from a bucket."""
+    if "://" not in raw:
+        paths = sorted(os.path.join(raw, f) for f in os.listdir(raw) if f.endswith(".zip"))
+        return paths, paths
+    try:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+    except ImportError:
+        raise ImportError(f"--raw {raw}: a URL needs apache-beam (pip install -r requirements-beam.txt)") from None
+    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(raw, "*.zip")])[0].metadata_list)
+    return paths, [FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED) for p in paths]
+
+
 class Archive:
     """All zips of a Structured3D download: which zip holds each entry, and the rooms with their views."""
 
     def __init__(self, raw):
-        paths = sorted(os.path.join(raw, f) for f in os.listdir(raw) if f.endswith(".zip"))
-        if not paths:
+        self.paths, files = _zip_files(raw)
+        if not self.paths:
             raise FileNotFoundError(f"{raw}: no Structured3D *.zip files found")
-        self.zips = [zipfile.ZipFile(p) for p in paths]
+        self.zips = [zipfile.ZipFile(f) for f in files]
         self.where, self.rooms = {}, {}
         for i, z in enumerate(self.zips):
             for name in z.namelist():
@@ -61,7 +76,7 @@ class Archive:
                     room["pano"] = True
 
     def path(self, name):
-        return f"{self.zips[self.where[name]].filename}:{name}" if name in self.where else name
+        return f"{self.paths[self.where[name]]}:{name}" if name in self.where else name
 
     def read(self, name):
         if name not in self.where:

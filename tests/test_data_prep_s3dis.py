@@ -23,8 +23,8 @@ def plane(z, rgb):
     return np.concatenate([GRID, np.full((len(GRID), 1), z), np.tile(rgb, (len(GRID), 1))], 1)
 
 
-@pytest.fixture
-def raw(tmp_path):
+def write_dataset(tmp_path):
+    """Areas 1 and 5 in miniature: an empty room, a malformed line, the control character; the root."""
     root = str(tmp_path / "Stanford3dDataset_v1.2")
     write_object(root, "Area_1/office_1", "floor_1.txt", plane(0.0, [10, 20, 30]))
     write_object(root, "Area_1/office_1", "ceiling_1.txt", plane(1.0, [200, 200, 200]))
@@ -48,6 +48,11 @@ def raw(tmp_path):
     with open(os.path.join(root, "Area_5", "Area_5_alignmentAngle.txt"), "w") as f:
         f.write("office_19 0\n")
     return root
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return write_dataset(tmp_path)
 
 
 def test_load_room_classes_instances_normals(raw):

@@ -42,8 +42,8 @@ def write_scene(root, folder, sid, labelled=True, coord=COORD):
     return d
 
 
-@pytest.fixture
-def raw(tmp_path):
+def write_dataset(tmp_path):
+    """The tiny ScanNet in its layout: scans with every kind of breakage, one test scan; returns the root."""
     root = str(tmp_path / "raw")
     write_scene(root, "scans", "scene0000_00")
     bad = write_scene(root, "scans", "scene0001_00")
@@ -66,6 +66,11 @@ def raw(tmp_path):
         with open(os.path.join(root, f"scannetv2_{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
     return root
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return write_dataset(tmp_path)
 
 
 def test_label_table(raw):

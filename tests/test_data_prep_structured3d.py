@@ -65,8 +65,8 @@ def write_zip(path, files):
             z.writestr(name, data)
 
 
-@pytest.fixture
-def raw(tmp_path):
+def write_dataset(tmp_path):
+    """Two zips with four rooms: one broken (unreadable depth), one repaired (a view left out)."""
     root = tmp_path / "zips"
     root.mkdir()
     files = {**room_files("scene_00000", 10), **room_files("scene_03000", 7, frame=False),
@@ -80,6 +80,11 @@ def raw(tmp_path):
     write_zip(root / "Structured3D_perspective_full_00.zip", {k: v for k, v in files.items() if k not in pano})
     s3d.archive.cache_clear()
     return str(root)
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return write_dataset(tmp_path)
 
 
 def test_cross_normals_hand_case():
