@@ -3,27 +3,18 @@
     python -m data_prep.beam --dataset scannet|s3dis|structured3d|synthetic [the dataset's flags]
         --out DIR [--grid_size 0.01] [--scenes_per_shard 16] [Beam pipeline options, e.g. --runner ...]
 
-The dataset flags are those of `python -m data_prep.<dataset>` (`--raw`, `--splits`, `--meta`,
-`--areas`, `--align_angle`, `--scenes`, ...), read by the same `add_arguments`/`splits` functions, so
-the splits, scene lists and load functions are the local command's. Every other flag is a Beam pipeline
-option (`--runner`, `--project`, `--temp_location`, `--direct_num_workers`, ...); an unknown one is an
-error. All requested splits run as one Beam job; each is
+The dataset flags and splits come from the local command's own `add_arguments`/`splits`; every other
+flag is a Beam pipeline option (an unknown one is an error). All splits run as one job; each is
 
-    shard indices --Reshuffle--> per shard: writer.process_scene for each of its scenes (load, validate,
-      voxelize, encode), the shard file and its progress record --ToList--> manifest.json
+    shard indices --Reshuffle--> per shard: writer.process_scene for each of its scenes, the shard
+      (writer.write_records) and its progress record --ToList--> manifest.json
 
-with the local writer's plan (`writer.plan_split`: sorted ids cut into groups of scenes_per_shard), its
-shard bytes (`writer.write_records`), records and manifest, so the output folder is byte-identical to a
-local run's. The work unit is a shard, not a scene, so encoded scenes never cross a shuffle (on
-Structured3D that would move ~70 MB per room through the runner's shuffle, billed per GB on Dataflow);
-`--scenes_per_shard` sets its size. Broken scenes are skipped and listed exactly as locally; the job still
-succeeds. A runner retries a failed work unit and may run one twice: a shard is written under a
-per-attempt temporary name and renamed onto its fixed name, so a repeat rewrites the same bytes and the
-runner keeps one record per shard: no scene is listed or written twice. Output goes through
-`apache_beam.io.filesystems` (local paths, gs://, s3://, hdfs://). Raw data is read by the dataset's
-loaders: Structured3D's zips from any such URL too; ScanNet and S3DIS folders with Python file I/O, so
-there `--raw` must be a path every worker can read (see data_prep/README.md). Unlike the local writer,
-a Beam job does not reuse finished shards: it writes every requested split whole.
+on the local writer's plan (`writer.plan_split`), so the output folder is byte-identical to a local
+run's. The work unit is a shard, so encoded scenes never cross a shuffle. Files are written under a
+per-attempt temporary name and renamed onto their fixed one: a retried or repeated work unit rewrites
+the same bytes, and the runner keeps one record per shard. Output goes through
+`apache_beam.io.filesystems` (gs://, s3://, hdfs://, local); how to run it on Dataflow, Flink or Spark,
+and what it costs: data_prep/README.md.
 """
 
 import argparse
@@ -61,7 +52,7 @@ def _put_json(path, obj):
     _put(path, lambda f: f.write(writer.json_text(obj).encode()))
 
 
-def read_json(path):
+def _read_json(path):
     with FileSystems.open(path, compression_type=_RAW) as f:
         return json.load(f)
 
@@ -104,14 +95,14 @@ def _write_shard(index, plan, load_fn, split_dir):
 
 def _write_manifest(records, plan, split_dir):
     """manifest.json from every shard's record, once all are written; temporaries of dead attempts go."""
-    indices = sorted(i for i, _ in records)
-    if indices != list(range(len(plan.names))):
-        raise RuntimeError(f"{split_dir}: records for shards {indices}, planned {len(plan.names)}")
-    records = dict(records)
+    records = sorted(records, key=lambda r: r[0])
+    if [i for i, _ in records] != list(range(len(plan.names))):
+        raise RuntimeError(f"{split_dir}: records for shards {[i for i, _ in records]}, "
+                           f"planned {len(plan.names)}")
     leftovers = [path for name, path, _ in _list(split_dir) if name.endswith(".tmp")]
     if leftovers:
         FileSystems.delete(leftovers)
-    _put_json(FileSystems.join(split_dir, schema.MANIFEST_NAME), plan.manifest([records[i] for i in sorted(records)]))
+    _put_json(FileSystems.join(split_dir, schema.MANIFEST_NAME), plan.manifest([r for _, r in records]))
 
 
 def write_split(pipeline, out_dir, dataset, split, scene_ids, load_fn, grid_size=0.01, keep_full_res=False,
@@ -119,13 +110,18 @@ def write_split(pipeline, out_dir, dataset, split, scene_ids, load_fn, grid_size
     """Add `writer.write_split`'s work for one split to `pipeline`; returns the split folder.
 
     Arguments as `writer.write_split` (no workers, overwrite or progress: the runner decides those, and
-    a Beam job always writes the whole split). Stale files are removed now, as the local writer does.
+    a Beam job always writes the whole split).
     """
     plan = writer.plan_split(dataset, split, scene_ids, grid_size, keep_full_res, scenes_per_shard,
                              label_names, manifest_extra)
-    split_dir = FileSystems.join(out_dir, split)
+    return add_split(pipeline, out_dir, plan, load_fn)
+
+
+def add_split(pipeline, out_dir, plan, load_fn):
+    """`write_split` for a checked plan; stale files are removed now, as the local writer does."""
+    split_dir = FileSystems.join(out_dir, plan.settings["split"])
     _prepare(split_dir, plan)
-    label = f"{dataset}/{split}"
+    label = f"{plan.settings['dataset']}/{plan.settings['split']}"
     _ = (pipeline
          | f"{label}: shards" >> beam.Create(range(len(plan.groups)))
          | f"{label}: spread" >> beam.Reshuffle()  # one shard per work unit, over all workers
@@ -160,20 +156,23 @@ def main(argv=None):
         module.add_arguments(p)
     args, beam_args = p.parse_known_args(argv)
     _check_pipeline_options(p, beam_args)
-    try:
-        jobs = module.splits(args)
+    plans = []
+    try:  # every split checked before anything is deleted or written
+        for job in module.splits(args):
+            out_dir, load_fn = job.pop("out_dir"), job.pop("load_fn")
+            plan = writer.plan_split(**job, grid_size=args.grid_size, scenes_per_shard=args.scenes_per_shard)
+            plans.append((out_dir, plan, load_fn))
     except ValueError as err:
         p.error(str(err))
     options = PipelineOptions(beam_args)
     start = time.time()
     with beam.Pipeline(options=options) as pipeline:
-        split_dirs = [write_split(pipeline, **job, grid_size=args.grid_size, scenes_per_shard=args.scenes_per_shard)
-                      for job in jobs]
+        split_dirs = [add_split(pipeline, out_dir, plan, load_fn) for out_dir, plan, load_fn in plans]
     seconds = time.time() - start
-    summaries = [writer.Summary.of(read_json(FileSystems.join(d, schema.MANIFEST_NAME)), d, seconds=seconds)
+    summaries = [writer.Summary.of(_read_json(FileSystems.join(d, schema.MANIFEST_NAME)), d, seconds=seconds)
                  for d in split_dirs]
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    return cli.report(summaries, [f"one {runner} job wrote {len(jobs)} split(s) in {seconds:.1f} s "
+    return cli.report(summaries, [f"one {runner} job wrote {len(plans)} split(s) in {seconds:.1f} s "
                                   f"(the time on each line below)"])
 
 

@@ -156,4 +156,9 @@ def test_wrong_flags_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         data_prep_beam.main(["--dataset", "scannet", "--out", str(tmp_path)])
     assert "the following arguments are required: --raw" in capsys.readouterr().err
-    assert not os.listdir(tmp_path)
+    (tmp_path / "ScanNet" / "train").mkdir(parents=True)
+    (tmp_path / "ScanNet" / "train" / "manifest.json").write_text("{}")  # of an earlier run: kept
+    with pytest.raises(SystemExit):
+        data_prep_beam.main(["--dataset", "synthetic", "--out", str(tmp_path), "--scenes_per_shard", "0"])
+    assert "scenes_per_shard must be >= 1, got 0" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "ScanNet" / "train") == ["manifest.json"]
