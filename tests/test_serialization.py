@@ -77,5 +77,5 @@ def test_coarse_codes_are_children_codes_shifted(order):
 
 
 def test_unknown_order_is_a_clear_error():
-    with pytest.raises(ValueError, match="serialization order"):
+    with pytest.raises(ValueError, match="serialization orders"):
         S.encode(np.zeros((2, 3), np.int32), 2, "peano")

@@ -1,4 +1,8 @@
-"""PPT: learnable dataset prompts + SpUNet-v1m3 (PDNorm) + a categorical-alignment head (spec §1).
+"""PPT: learnable dataset prompts + a PDNorm backbone + a categorical-alignment head (spec §1).
+
+Backbones (`arch`): "spunet" (SpUNet-v1m3, the fields channels ... attention_tokens) or "ptv3"
+(Point Transformer V3, `ptv3.PTv3`; `ptv3` holds (field, value) pairs overriding its defaults, which
+are the reference's PTv3 + PPT recipe). Both keep the parameter subtree `backbone`.
 
 I/O contract: docs/design.md §4. `conditions` is the dataset-name tuple of the config (the same
 order as `config.data.datasets`); `condition` (B,) indexes it for the prompt table, the per-dataset
@@ -20,14 +24,18 @@ import flax.linen as nn
 from flax import traverse_util
 
 from ppt_jax.models import heads
+from ppt_jax.models.ptv3 import PTv3
 from ppt_jax.models.spunet import SpUNet
 
 PROMPT_KEYWORDS = ("prompt", "modulation")
+ARCHS = ("spunet", "ptv3")
 
 
 class PPT(nn.Module):
     """feat (B, N, C_in), batched sparse.Hierarchy, condition (B,) -> logits (B, N, K) float32."""
     conditions: tuple
+    arch: str = "spunet"
+    ptv3: tuple = ()                     # ((PTv3 field, value), ...) for arch="ptv3"
     channels: tuple = (32, 64, 128, 256, 256, 128, 96, 96)
     layers: tuple = (2, 3, 4, 6, 2, 2, 2, 2)
     base_channels: int = 32
@@ -63,12 +71,24 @@ class PPT(nn.Module):
             self.prompt_table = self.param("prompt_table", nn.initializers.normal(1.0),
                                            (len(self.conditions), self.context_channels),
                                            jnp.float32)
-        self.backbone = SpUNet(len(self.conditions), self.channels, self.layers,
-                               self.base_channels, self.adapter, self.norm_decouple,
-                               self.norm_adaptive, self.zero_init, self.bn_momentum,
-                               self.bn_epsilon, self.bn_group_size, self.attention_tokens,
-                               self.dtype)
+        self.backbone = self._make_backbone()
         self.seg_head = self._make_head()
+
+    def _make_backbone(self):
+        if self.arch == "spunet":
+            return SpUNet(len(self.conditions), self.channels, self.layers, self.base_channels,
+                          self.adapter, self.norm_decouple, self.norm_adaptive, self.zero_init,
+                          self.bn_momentum, self.bn_epsilon, self.bn_group_size,
+                          self.attention_tokens, self.dtype)
+        if self.arch != "ptv3":
+            raise ValueError(f"model.backbone must be one of {ARCHS}, got {self.arch!r}")
+        if self.adapter not in ("pdnorm", "none") or (self.adapter == "pdnorm" and self.norm_adaptive):
+            raise ValueError("model.backbone='ptv3' takes model.adapter 'pdnorm' with "
+                             "model.norm_adaptive=False (the reference's PTv3 recipe) or 'none'; got "
+                             f"adapter={self.adapter!r}, norm_adaptive={self.norm_adaptive}")
+        return PTv3(len(self.conditions), decouple=self.norm_decouple and self.adapter != "none",
+                    bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                    bn_group_size=self.bn_group_size, dtype=self.dtype, **dict(self.ptv3))
 
     def _make_head(self):
         if self.head == "language":

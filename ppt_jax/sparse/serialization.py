@@ -15,6 +15,7 @@ A code has 3 * MAX_DEPTH = 48 bits: it is returned as two int32 words (high 24 b
 sorted lexicographically, since JAX's default integers are 32 bits.
 """
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -79,15 +80,24 @@ def encode(coords, d, order):
     """(N, 3) non-negative int32 coordinates < 2**d -> (N, 2) int32 code words (high, low).
 
     The 48-bit code is high * 2**24 + low (equal to the reference's code without its batch bits)."""
-    if order not in ORDERS:
-        raise ValueError(f"serialization order must be one of {ORDERS}, got {order!r}")
-    c = coords.astype(jnp.int32)
-    x, y, z = c[:, 0], c[:, 1], c[:, 2]
-    if order.endswith("-trans"):
-        x, y = y, x
-    if order.startswith("hilbert"):
-        x, y, z = _hilbert_transpose(x, y, z, jnp.asarray(d, jnp.int32))
-    return jnp.stack([_interleave(x, y, z, _WORD_BITS), _interleave(x, y, z, 0)], axis=-1)
+    return encode_orders(coords, d, (order,))[0]
+
+
+def encode_orders(coords, d, names=ORDERS):
+    """(len(names), N, 2) int32 codes of several orders at once (one Hilbert transform for both of
+    its orders: the "-trans" orders run on the (y, x, z) copy of the coordinates)."""
+    unknown = [o for o in names if o not in ORDERS]
+    if unknown or not names:
+        raise ValueError(f"serialization orders must be a non-empty subset of {ORDERS}, got {names!r}")
+    c = jnp.asarray(coords, jnp.int32)
+    axes = jnp.stack([c, c[:, jnp.array([1, 0, 2])]])                     # (2, N, 3): plain, trans
+    words = {}
+    if any(o.startswith("z") for o in names):
+        words["z"] = jnp.stack([_interleave(*jnp.moveaxis(axes, -1, 0), b) for b in (_WORD_BITS, 0)], -1)
+    if any(o.startswith("hilbert") for o in names):
+        h = _hilbert_transpose(*jnp.moveaxis(axes, -1, 0), jnp.asarray(d, jnp.int32))
+        words["hilbert"] = jnp.stack([_interleave(*h, b) for b in (_WORD_BITS, 0)], -1)
+    return jnp.stack([words[o.split("-")[0]][int(o.endswith("-trans"))] for o in names])
 
 
 def sort(codes, mask):
@@ -105,6 +115,6 @@ def inverse(perm):
 
 
 def orders(coords, mask, d, names=ORDERS):
-    """(len(names), N) int32: `sort(encode(...))` for each order, at depth d."""
-    return jnp.stack([sort(encode(coords, d, name), mask) for name in names])
+    """(len(names), N) int32: the sites of one sample in each order's curve order, at depth d."""
+    return jax.vmap(sort, in_axes=(0, None))(encode_orders(coords, d, names), mask)
 

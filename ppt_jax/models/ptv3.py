@@ -1,0 +1,340 @@
+"""Point Transformer V3 (Pointcept's PT-v3m1) with PDNorm, on the sparse engine's hierarchy.
+
+The reference's operations map onto `ppt_jax.sparse` (docs/ptv3.md has the full correspondence):
+- its stride-2 serialized pooling (parents floor(p / 2), max over the children) is hierarchy level l -> l+1
+  (`children`), its unpooling is `parent_slot`; the embedding's 5x5x5 and the blocks' 3x3x3 xCPE convs
+  are `sparse.subm_conv`;
+- each level's sites are ordered along the space-filling curves of `sparse.serialization` at depth
+  d - l (d from the sample's finest coordinates), one order per block in turn (block i uses
+  orders[i % len(orders)]); in training, `shuffle_orders` draws a new order of the orders per level;
+- attention runs in patches of `patch_size` consecutive sites of that order through
+  `jax.nn.dot_product_attention`. As the reference's flash-attention path: a sample's last, partial
+  patch is filled up with the sites just before it (so it holds the sample's last `patch_size` sites), a
+  sample with fewer sites than `patch_size` is one shorter patch (`key_value_seq_lengths`), and
+  padding sites are never keys.
+
+Module names follow the reference's state-dict keys (embedding_*, enc{s}_down, enc{s}_block{i},
+dec{s}_up, dec{s}_block{i}; inside blocks cpe_conv/cpe_linear/cpe_norm, norm1, attn/qkv, attn/proj, norm2,
+mlp_fc1, mlp_fc2), so that `ptv3_import` is a readable mapping and the optimizer's keyword "block" selects the same
+parameters as the reference's `param_dicts=[dict(keyword="block", ...)]`.
+
+Norms are PDNorm without prompt modulation (the reference's PPT recipe: pdnorm_bn, pdnorm_ln, decouple,
+not adaptive): a BatchNorm (`norm.PDNorm`) and a LayerNorm (`ConditionLayerNorm`) per dataset.
+Initialisation is PyTorch's and spconv's defaults (PT-v3m1 sets none of its own).
+"""
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from ppt_jax import sparse
+from ppt_jax.models import inits
+from ppt_jax.models.norm import PDNorm
+from ppt_jax.sparse import serialization
+
+ATTENTION = ("xla", "cudnn")
+CPE_AFTER_UNPOOL = ("skip", "sum")
+
+
+def _gelu(x):
+    return nn.gelu(x, approximate=False)          # torch.nn.GELU()
+
+
+def _dense(features, fan_in, name, dtype):
+    init = inits.torch_linear(fan_in)
+    return nn.Dense(features, kernel_init=init, bias_init=init, dtype=dtype, name=name)
+
+
+class ConditionLayerNorm(nn.Module):
+    """LayerNorm over channels with one affine per dataset (decouple) or one shared; float32 inside."""
+    num_conditions: int
+    decouple: bool = True
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, condition):
+        c = x.shape[-1]
+        d = self.num_conditions if self.decouple else 1
+        scale = self.param("scale", nn.initializers.ones, (d, c), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (d, c), jnp.float32)
+        cond = condition if self.decouple else jnp.zeros_like(condition)
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale[cond][:, None] + bias[cond][:, None]).astype(x.dtype)
+
+
+class SubmConv(nn.Module):
+    """Submanifold conv at one level (spconv default init), optional bias; batched over samples."""
+    features: int
+    level: int
+    kernel_size: int = 3
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, hierarchy):
+        cin, taps = x.shape[-1], self.kernel_size ** 3
+        bound = 1.0 / math.sqrt(taps * cin)
+        w = self.param("kernel", inits.uniform(bound), (taps, cin, self.features), jnp.float32)
+        w = w.astype(self.dtype)
+        y = jax.vmap(lambda xi, hi: sparse.subm_conv(xi, hi, self.level, w))(jnp.asarray(x, self.dtype), hierarchy)
+        if self.use_bias:
+            y = y + self.param("bias", inits.uniform(bound), (self.features,), jnp.float32).astype(y.dtype)
+        return y
+
+
+def patch_layout(perm, n, k):
+    """Patches of one sample's sites in one curve order.
+
+    perm (N,) int32 sites in curve order (the n real sites first), k static patch size <= N. Returns
+    index (P, k) int32 (site of every patch slot; N = an all-zero row), kv_len (P,) int32 (valid keys per
+    patch) and position (N,) int32 (each site's slot in the flattened (P * k) patches; real sites only).
+    """
+    num = perm.shape[0]
+    p = -(-num // k)
+    slot = jnp.arange(p * k, dtype=jnp.int32).reshape(p, k)
+    start = slot[:, :1]
+    # The reference pads a partial last patch with the k - n % k sites before it (when n > k).
+    refill = (start < n) & (n > k)
+    src = jnp.where(slot < n, slot, jnp.where(refill, slot - k, -1))
+    index = jnp.where(src >= 0, perm[jnp.clip(src, 0, num - 1)], num)
+    kv_len = jnp.where((jnp.arange(p) == 0) & (n < k) & (n > 0), n, k).astype(jnp.int32)
+    return index.astype(jnp.int32), kv_len, serialization.inverse(perm)
+
+
+def level_layouts(hierarchy, level, finest_depth, orders, k):
+    """Batched layouts of every order at `level`: (index (O, B, P, k), kv_len (O, B, P), position (O, B, N))."""
+
+    def one(coords, mask, d0):
+        perms = serialization.orders(coords, mask, jnp.maximum(d0 - level, 0), orders)
+        return jax.vmap(patch_layout, in_axes=(0, None, None))(perms, jnp.sum(mask, dtype=jnp.int32), k)
+
+    index, kv_len, position = jax.vmap(one)(hierarchy.coords[level], hierarchy.masks[level], finest_depth)
+    return tuple(jnp.moveaxis(a, 1, 0) for a in (index, kv_len, position))
+
+
+class SerializedAttention(nn.Module):
+    """Multi-head self-attention inside the patches of one order: x (B, N, C) -> (B, N, C)."""
+    channels: int
+    num_heads: int
+    attention: str = "xla"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, layout):
+        index, kv_len, position = layout
+        b, n, c = x.shape
+        p, k = index.shape[1:]
+        h = self.num_heads
+        qkv = _dense(3 * c, c, "qkv", self.dtype)(x)
+        qkv = jnp.concatenate([qkv, jnp.zeros((b, 1, 3 * c), qkv.dtype)], axis=1)
+        tokens = jnp.take_along_axis(qkv, index.reshape(b, p * k, 1), axis=1)
+        q, key, v = jnp.moveaxis(tokens.reshape(b * p, k, 3, h, c // h), 2, 0)
+        out = jax.nn.dot_product_attention(q, key, v, key_value_seq_lengths=kv_len.reshape(-1),
+                                           implementation=self.attention)
+        out = jnp.take_along_axis(out.reshape(b, p * k, c), position[..., None], axis=1)
+        return _dense(c, c, "proj", self.dtype)(out)
+
+
+class Block(nn.Module):
+    """xCPE (subm conv + linear + LN, residual) -> pre-LN attention -> pre-LN MLP, DropPath on both."""
+    channels: int
+    num_heads: int
+    level: int
+    num_conditions: int
+    decouple: bool = True
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    ln_epsilon: float = 1e-5
+    attention: str = "xla"
+    dtype: Any = jnp.float32
+
+    def _drop_path(self, y, train):
+        """timm DropPath on the reference's (points, C) features: drops whole points' residuals."""
+        if not train or self.drop_path == 0.0:
+            return y
+        keep = 1.0 - self.drop_path
+        draw = jax.random.bernoulli(self.make_rng("dropout"), keep, y.shape[:-1] + (1,))
+        return y * (draw.astype(y.dtype) / keep)
+
+    @nn.compact
+    def __call__(self, x, hierarchy, layout, condition, train, cpe_input=None):
+        """cpe_input: what the xCPE conv reads instead of x (see PTv3.cpe_after_unpool)."""
+        c, dt = self.channels, self.dtype
+        ln = lambda name: ConditionLayerNorm(self.num_conditions, self.decouple, self.ln_epsilon, name=name)
+        y = SubmConv(c, self.level, 3, True, dt, name="cpe_conv")(x if cpe_input is None else cpe_input,
+                                                                   hierarchy)
+        y = _dense(c, c, "cpe_linear", dt)(y)
+        x = x + ln("cpe_norm")(y, condition).astype(x.dtype)
+        y = SerializedAttention(c, self.num_heads, self.attention, dt, name="attn")(
+            ln("norm1")(x, condition), layout)
+        x = x + self._drop_path(y, train).astype(x.dtype)
+        hidden = int(c * self.mlp_ratio)
+        y = _gelu(_dense(hidden, c, "mlp_fc1", dt)(ln("norm2")(x, condition)))
+        y = _dense(c, hidden, "mlp_fc2", dt)(y)
+        x = x + self._drop_path(y, train).astype(x.dtype)
+        return jnp.where(hierarchy.masks[self.level][..., None], x, 0)
+
+
+def _children_max(z, children):
+    """(N_l, C), (N_{l+1}, 8) -> (N_{l+1}, C): max over the existing children (missing = N_l)."""
+    zp = jnp.concatenate([z, jnp.full((1, z.shape[1]), -jnp.inf, z.dtype)])
+    return jnp.max(zp[children], axis=1)
+
+
+class Pooling(nn.Module):
+    """Serialized pooling, stride 2: linear, max over children (level l -> l + 1), BN, GELU."""
+    features: int
+    level: int
+    norm: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, hierarchy, condition, train):
+        z = _dense(self.features, x.shape[-1], "proj", self.dtype)(x)
+        mask = hierarchy.masks[self.level + 1]
+        z = jax.vmap(_children_max)(z, hierarchy.children[self.level])
+        z = jnp.where(mask[..., None], z, 0)
+        return _gelu(self.norm(name="norm")(z, mask, condition, None, train))
+
+
+class Unpooling(nn.Module):
+    """Serialized unpooling: linear+BN+GELU of both the coarse and the skip features, coarse added at
+    each fine site's parent (level l + 1 -> l). Returns (sum, projected skip)."""
+    features: int
+    level: int
+    norm: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, skip, hierarchy, condition, train):
+        coarse_mask, fine_mask = hierarchy.masks[self.level + 1], hierarchy.masks[self.level]
+        z = _dense(self.features, x.shape[-1], "proj", self.dtype)(x)
+        z = _gelu(self.norm(name="proj_norm")(z, coarse_mask, condition, None, train))
+        s = _dense(self.features, skip.shape[-1], "proj_skip", self.dtype)(skip)
+        s = _gelu(self.norm(name="proj_skip_norm")(s, fine_mask, condition, None, train))
+        parent = hierarchy.parent_slot[self.level] // 8        # N_{l+1} where the site has no parent
+        zp = jnp.concatenate([z, jnp.zeros((z.shape[0], 1, z.shape[2]), z.dtype)], axis=1)
+        up = jnp.take_along_axis(zp, parent[..., None], axis=1)
+        return jnp.where(fine_mask[..., None], s + up.astype(s.dtype), 0), s
+
+
+def _drop_path_rates(rate, depths):
+    """torch.linspace(0, rate, sum(depths)) split per stage (the reference's stochastic depth)."""
+    rates = np.linspace(0.0, rate, sum(depths)).tolist()
+    bounds = np.cumsum((0,) + tuple(depths))
+    return [rates[bounds[s]:bounds[s + 1]] for s in range(len(depths))]
+
+
+class PTv3(nn.Module):
+    """PT-v3m1: feat (B, N0, C_in), batched Hierarchy, condition (B,) -> (B, N0, dec_channels[0]) float32.
+
+    Field defaults are the reference's PTv3 + PPT recipe (Pointcept `semseg-pt-v3m1-1-ppt-extreme`);
+    stage s of the encoder runs at hierarchy level s, so the hierarchy needs len(enc_depths) levels.
+    attention: `jax.nn.dot_product_attention` implementation, "xla" (any backend) or "cudnn" (NVIDIA
+    GPUs, bfloat16/float16 only).
+    cpe_after_unpool: what the xCPE conv of a decoder stage's first block reads. "skip" (the reference,
+    whose unpooling updates the point features but not the sparse tensor the conv reads): the projected
+    skip features only; "sum": the unpooled sum, as the fix proposed upstream (docs/ptv3.md).
+    """
+    num_conditions: int
+    orders: tuple = serialization.ORDERS
+    enc_depths: tuple = (3, 3, 3, 6, 3)
+    enc_channels: tuple = (48, 96, 192, 384, 512)
+    enc_heads: tuple = (3, 6, 12, 24, 32)
+    enc_patch_size: tuple = (1024, 1024, 1024, 1024, 1024)
+    dec_depths: tuple = (3, 3, 3, 3)
+    dec_channels: tuple = (64, 96, 192, 384)
+    dec_heads: tuple = (4, 6, 12, 24)
+    dec_patch_size: tuple = (1024, 1024, 1024, 1024)
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.3
+    shuffle_orders: bool = True
+    decouple: bool = True
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    bn_group_size: int = 0
+    ln_epsilon: float = 1e-5
+    cpe_after_unpool: str = "skip"
+    attention: str = "xla"
+    dtype: Any = jnp.float32
+
+    def _check(self, hierarchy):
+        stages = len(self.enc_depths)
+        for name in ("enc_channels", "enc_heads", "enc_patch_size"):
+            if len(getattr(self, name)) != stages:
+                raise ValueError(f"model.ptv3.{name} needs {stages} entries (one per encoder stage)")
+        for name in ("dec_depths", "dec_channels", "dec_heads", "dec_patch_size"):
+            if len(getattr(self, name)) != stages - 1:
+                raise ValueError(f"model.ptv3.{name} needs {stages - 1} entries (one per decoder stage)")
+        if len(hierarchy.masks) < stages:
+            raise ValueError(f"PTv3 with {stages} stages needs a hierarchy of {stages} levels, got "
+                             f"{len(hierarchy.masks)} (config.sparse.level_fractions)")
+        if not self.orders or any(o not in serialization.ORDERS for o in self.orders):
+            raise ValueError(f"model.ptv3.orders must be a non-empty subset of {serialization.ORDERS}, "
+                             f"got {self.orders}")
+        if self.cpe_after_unpool not in CPE_AFTER_UNPOOL:
+            raise ValueError(f"model.ptv3.cpe_after_unpool must be one of {CPE_AFTER_UNPOOL}, "
+                             f"got {self.cpe_after_unpool!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"model.ptv3.attention must be one of {ATTENTION}, got {self.attention!r}")
+        for c, h in zip(self.enc_channels + self.dec_channels, self.enc_heads + self.dec_heads):
+            if c % h:
+                raise ValueError(f"model.ptv3: {c} channels do not split into {h} heads")
+
+    def _order_schedule(self, train):
+        """Per level, the position in `orders` of each block's order (a traced permutation when shuffled)."""
+        count = len(self.orders)
+        if not (train and self.shuffle_orders):
+            return [jnp.arange(count)] * len(self.enc_depths)
+        rng = self.make_rng("dropout")
+        return [jax.random.permutation(key, count) for key in jax.random.split(rng, len(self.enc_depths))]
+
+    @nn.compact
+    def __call__(self, feat, hierarchy, condition, context, train: bool):
+        del context                                   # PDNorm here is not adaptive (the reference's recipe)
+        self._check(hierarchy)
+        dt = self.dtype
+        bn = functools.partial(PDNorm, self.num_conditions, self.decouple, adaptive=False,
+                               momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               group_size=self.bn_group_size)
+        block = lambda ch, heads, level, rate, name: Block(
+            ch, heads, level, self.num_conditions, self.decouple, self.mlp_ratio, rate, self.ln_epsilon,
+            self.attention, dt, name=name)
+        finest = jax.vmap(serialization.depth)(hierarchy.coords[0], hierarchy.masks[0])
+        schedule = self._order_schedule(train)
+        layouts = {}
+
+        def layout(level, patch, i):
+            k = min(patch, hierarchy.masks[level].shape[-1])
+            if (level, k) not in layouts:
+                layouts[level, k] = level_layouts(hierarchy, level, finest, self.orders, k)
+            which = schedule[level][i % len(self.orders)]
+            return tuple(a[which] for a in layouts[level, k])
+
+        x = SubmConv(self.enc_channels[0], 0, 5, False, dt, name="embedding_conv")(feat, hierarchy)
+        x = _gelu(bn(name="embedding_norm")(x, hierarchy.masks[0], condition, None, train))
+        skips = []
+        for s, rates in enumerate(_drop_path_rates(self.drop_path, self.enc_depths)):
+            if s > 0:
+                skips.append(x)
+                x = Pooling(self.enc_channels[s], s - 1, bn, dt, name=f"enc{s}_down")(
+                    x, hierarchy, condition, train)
+            for i, rate in enumerate(rates):
+                x = block(self.enc_channels[s], self.enc_heads[s], s, rate, f"enc{s}_block{i}")(
+                    x, hierarchy, layout(s, self.enc_patch_size[s], i), condition, train)
+        for s, rates in reversed(list(enumerate(_drop_path_rates(self.drop_path, self.dec_depths)))):
+            x, skip = Unpooling(self.dec_channels[s], s, bn, dt, name=f"dec{s}_up")(
+                x, skips.pop(), hierarchy, condition, train)
+            for i, rate in enumerate(reversed(rates)):
+                stale = skip if i == 0 and self.cpe_after_unpool == "skip" else None
+                x = block(self.dec_channels[s], self.dec_heads[s], s, rate, f"dec{s}_block{i}")(
+                    x, hierarchy, layout(s, self.dec_patch_size[s], i), condition, train, stale)
+        return jnp.where(hierarchy.masks[0][..., None], x.astype(jnp.float32), 0.0)

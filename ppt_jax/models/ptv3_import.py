@@ -1,0 +1,145 @@
+"""Import Pointcept PT-v3m1 / PPT-v1m1(PT-v3m1) weights into `PPT(arch="ptv3")` variables.
+
+The state dict is read as for SpUNet (`pointcept_import.load_state_dict`: .npz or .pth, DDP prefix
+stripped, a bare backbone state dict treated as `backbone.*`). Every target leaf of the template is
+filled from named source keys, each key used at most once, shapes checked, unused keys reported:
+- spconv weights (out, kx, ky, kz, in) -> (k**3, in, out) taps; Linear (out, in) -> (in, out);
+- PDNorm `<module>.norm.<i>.{weight,bias,running_mean,running_var}` (BatchNorm or LayerNorm, one per
+  dataset) stacked into our (D, C) leaves, i = the dataset's index in the reference BACKBONE order
+  ("ScanNet", "S3DIS", "Structured3D"); a plain norm (pdnorm_bn/ln off) `<module>.{weight,...}` fills a
+  shared (1, C) leaf;
+- `embedding_table.weight` rows, `proj_head`, `seg_heads.<i>` in the reference PPT order
+  ("Structured3D", "ScanNet", "S3DIS"); both orders are looked up by dataset name.
+
+Our module -> reference key prefix (module names of `ptv3.py`):
+  embedding_conv / embedding_norm      embedding.stem.conv / embedding.stem.norm
+  enc{s}_down/proj, /norm              enc.enc{s}.down.proj, enc.enc{s}.down.norm.0
+  dec{s}_up/proj, proj_norm            dec.dec{s}.up.proj.0, dec.dec{s}.up.proj.1
+  dec{s}_up/proj_skip, proj_skip_norm  dec.dec{s}.up.proj_skip.0, dec.dec{s}.up.proj_skip.1
+  {enc,dec}{s}_block{i}/cpe_conv, cpe_linear, cpe_norm   ....block{i}.cpe.0, cpe.1, cpe.2
+  .../norm1, attn/qkv, attn/proj, norm2, mlp_fc1, mlp_fc2  norm1.0, attn.qkv, attn.proj, norm2.0,
+                                                           mlp.0.fc1, mlp.0.fc2
+"""
+
+import re
+
+import numpy as np
+from flax import traverse_util
+
+from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, ImportReport,
+                                             normalize_keys, spconv_to_taps)
+
+_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
+           "kernel": "weight"}
+_NORMS = {"embedding_norm", "norm", "proj_norm", "proj_skip_norm", "cpe_norm", "norm1", "norm2"}
+_BLOCK = {"cpe_conv": "cpe.0", "cpe_linear": "cpe.1", "cpe_norm": "cpe.2", "norm1": "norm1.0",
+          "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2.0", "mlp_fc1": "mlp.0.fc1",
+          "mlp_fc2": "mlp.0.fc2"}
+_UP = {"proj": "proj.0", "proj_norm": "proj.1", "proj_skip": "proj_skip.0", "proj_skip_norm": "proj_skip.1"}
+_SKIPPED = re.compile(r".*num_batches_tracked$")
+
+
+def backbone_prefix(mods):
+    """Our backbone module path (below `backbone`) -> the reference's dotted module prefix."""
+    head, *rest = mods
+    if head == "embedding_conv":
+        return "backbone.embedding.stem.conv"
+    if head == "embedding_norm":
+        return "backbone.embedding.stem.norm"
+    m = re.fullmatch(r"(enc|dec)(\d+)_(down|up|block\d+)", head)
+    if not m or len(rest) != (2 if rest[:1] == ["attn"] else 1):
+        raise KeyError(f"no reference module for backbone/{'/'.join(mods)}")
+    stage = f"backbone.{m[1]}.{m[1]}{m[2]}.{m[3]}"
+    name = rest[-1]
+    if m[3] == "down":
+        return f"{stage}.{'norm.0' if name == 'norm' else name}"
+    if m[3] == "up":
+        return f"{stage}.{_UP[name]}"
+    return f"{stage}.{_BLOCK[name]}"
+
+
+class _Source:
+    """The state dict with use-once bookkeeping."""
+
+    def __init__(self, state):
+        self.state, self.used = state, set()
+
+    def take(self, key, target):
+        if key not in self.state:
+            raise KeyError(f"Pointcept state dict has no key {key!r} (needed for {target})")
+        if key in self.used:
+            raise ValueError(f"Pointcept key {key!r} would fill two target leaves (second: {target})")
+        self.used.add(key)
+        return np.asarray(self.state[key], np.float32)
+
+
+def _norm_rows(src, prefix, leaf, rows, conditions, backbone_conditions, target):
+    name = _LEAVES[leaf]
+    if rows == 1 and f"{prefix}.{name}" in src.state:
+        return src.take(f"{prefix}.{name}", target)[None]
+    return np.stack([src.take(f"{prefix}.norm.{backbone_conditions.index(c)}.{name}", target)
+                     for c in conditions])
+
+
+def _convert_leaf(src, path, shape, conditions, backbone_conditions, ppt_conditions):
+    target = "/".join(path)
+    *mods, leaf = path
+    if path == ("prompt_table",):
+        return src.take("embedding_table.weight", target)[[ppt_conditions.index(c) for c in conditions]]
+    if mods == ["seg_head", "proj_head"]:
+        w = src.take(f"proj_head.{_LEAVES[leaf]}", target)
+        return w.T if leaf == "kernel" else w
+    m = re.fullmatch(r"seg_heads_(\d+)_(kernel|bias)", leaf)
+    if mods == ["seg_head"] and m:
+        w = src.take(f"seg_heads.{ppt_conditions.index(conditions[int(m[1])])}.{_LEAVES[m[2]]}", target)
+        return w.T if m[2] == "kernel" else w
+    if mods[:1] != ["backbone"]:
+        raise KeyError(f"no reference key for {target}")
+    prefix = backbone_prefix(mods[1:])
+    if mods[-1] in _NORMS:
+        return _norm_rows(src, prefix, leaf, shape[0], conditions, backbone_conditions, target)
+    w = src.take(f"{prefix}.{_LEAVES[leaf]}", target)
+    if w.ndim == 5:
+        return spconv_to_taps(w)
+    return w.T if leaf == "kernel" else w
+
+
+def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDITIONS,
+            ppt_conditions=REF_PPT_CONDITIONS, strict=True):
+    """Pointcept state dict -> (variables like `template`, ImportReport), as `pointcept_import.convert`.
+
+    template: {"params", "batch_stats"} of arrays or ShapeDtypeStructs (jax.eval_shape of `PPT.init`
+    with arch="ptv3"); conditions: the model's dataset order. strict=False keeps template leaves
+    outside the backbone whose source is absent (e.g. the head of a backbone-only state dict).
+    """
+    for name in conditions:
+        for order, what in ((backbone_conditions, "backbone_conditions"), (ppt_conditions, "ppt_conditions")):
+            if name not in order:
+                raise ValueError(f"dataset {name!r} of the model is not in the reference's {what} {order}")
+    src = _Source(normalize_keys(state))
+    out, kept = {}, []
+    for collection in ("params", "batch_stats"):
+        filled = {}
+        for path, leaf in traverse_util.flatten_dict(template.get(collection, {})).items():
+            try:
+                value = _convert_leaf(src, path, leaf.shape, conditions, backbone_conditions, ppt_conditions)
+            except KeyError:
+                if strict or path[0] == "backbone":
+                    raise
+                kept.append("/".join((collection, *path)))
+                value = np.asarray(leaf)
+            if value.shape != tuple(leaf.shape):
+                raise ValueError(f"{collection}/{'/'.join(path)}: converted shape {value.shape} != model "
+                                 f"shape {tuple(leaf.shape)} (check model.ptv3 channels/depths/heads)")
+            filled[path] = value
+        out[collection] = traverse_util.unflatten_dict(filled)
+    skipped = sorted(k for k in src.state if _SKIPPED.match(k))
+    extras = {"class_embedding", "logit_scale"}
+    unused = sorted(k for k in src.state if k not in src.used and k not in extras and k not in skipped)
+    report = ImportReport(
+        filled=sum(len(traverse_util.flatten_dict(v)) for v in out.values() if v),
+        used_keys=len(src.used), unused_keys=unused, skipped_keys=skipped, kept_from_template=kept,
+        text_table=np.asarray(src.state["class_embedding"], np.float32) if "class_embedding" in src.state
+        else None,
+        logit_scale=float(np.exp(src.state["logit_scale"])) if "logit_scale" in src.state else None)
+    return out, report
