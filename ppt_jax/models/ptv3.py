@@ -189,6 +189,12 @@ def _children_max(z, children):
     return jnp.max(zp[children], axis=1)
 
 
+def _parent_rows(z, parent_slot):
+    """(N_{l+1}, C), (N_l,) -> (N_l, C): each site's parent row (0 where it has none: slot N_{l+1} * 8)."""
+    zp = jnp.concatenate([z, jnp.zeros((1, z.shape[1]), z.dtype)])
+    return zp[parent_slot // 8]
+
+
 class Pooling(nn.Module):
     """Serialized pooling, stride 2: linear, max over children (level l -> l + 1), BN, GELU."""
     features: int
@@ -220,9 +226,7 @@ class Unpooling(nn.Module):
         z = _gelu(self.norm(name="proj_norm")(z, coarse_mask, condition, None, train))
         s = _dense(self.features, skip.shape[-1], "proj_skip", self.dtype)(skip)
         s = _gelu(self.norm(name="proj_skip_norm")(s, fine_mask, condition, None, train))
-        parent = hierarchy.parent_slot[self.level] // 8        # N_{l+1} where the site has no parent
-        zp = jnp.concatenate([z, jnp.zeros((z.shape[0], 1, z.shape[2]), z.dtype)], axis=1)
-        up = jnp.take_along_axis(zp, parent[..., None], axis=1)
+        up = jax.vmap(_parent_rows)(z, hierarchy.parent_slot[self.level])
         return jnp.where(fine_mask[..., None], s + up.astype(s.dtype), 0), s
 
 
