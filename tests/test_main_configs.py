@@ -80,3 +80,21 @@ def test_main_without_config_is_a_usage_error():
     out = subprocess.run([sys.executable, "-m", "ppt_jax.main"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode != 0 and "--config is required" in out.stderr
+
+
+def test_a_typo_in_one_shard_path_is_an_error_not_synthetic_data(tmp_path):
+    from configs import tiny
+
+    config = tiny.get_config()
+    for name in labels.DATASETS:
+        for field, split in ((config.data.train_dirs, "train"), (config.eval.val_dirs, "val")):
+            split_dir = tmp_path / "shards" / name / split
+            split_dir.mkdir(parents=True)
+            (split_dir / "manifest.json").write_text("{}")
+            field[name] = str(split_dir)
+    config.data.train_dirs["ScanNet"] = str(tmp_path / "shards" / "ScanNt" / "train")
+    with pytest.raises(FileNotFoundError) as err:
+        setup.resolve_data(config, str(tmp_path / "work"))
+    assert str(err.value).startswith(f"config.data.train_dirs.ScanNet = "
+                                     f"'{tmp_path}/shards/ScanNt/train': no shard manifest there")
+    assert not (tmp_path / "work" / "synthetic").exists()

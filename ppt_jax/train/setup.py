@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from ppt_jax import labels, models, sparse, text
 from ppt_jax.data import schema
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _has_manifest(split_dir):
-    return bool(split_dir) and os.path.exists(os.path.join(split_dir, schema.MANIFEST_NAME))
+    return bool(split_dir) and (epath.Path(split_dir) / schema.MANIFEST_NAME).exists()
 
 
 def merge(config, overrides):
@@ -49,11 +50,20 @@ def resolve_data(config, workdir):
     """
     config = ml_collections.ConfigDict(config.to_dict())
     names = tuple(config.data.datasets)
-    dirs = [dict(config.data.train_dirs).get(n, "") for n in names]
-    dirs += [dict(config.eval.val_dirs).get(n, "") for n in config.eval.datasets]
-    missing = [d or "(unset)" for d in dirs if not _has_manifest(d)]
-    if not missing:
+    entries = [(f"config.data.train_dirs.{n}", dict(config.data.train_dirs).get(n, ""))
+               for n in names]
+    entries += [(f"config.eval.val_dirs.{n}", dict(config.eval.val_dirs).get(n, ""))
+                for n in config.eval.datasets]
+    absent = [(field, d) for field, d in entries if not _has_manifest(d)]
+    if not absent:
         return config, False
+    if len(absent) < len(entries):
+        # Some shards exist: the user configured data, and these paths are wrong (a typo must not
+        # switch every dataset to synthetic data).
+        raise FileNotFoundError("; ".join(f"{field} = {d!r}: no shard manifest there" for field, d
+                                          in absent) + " (the other configured splits were found):"
+                                                       " fix the path or run data_prep")
+    missing = [d or "(unset)" for _, d in absent]
     if not config.synthetic.enabled:
         raise FileNotFoundError(f"no shards at {missing} (config.data.train_dirs / config.eval.val_dirs)"
                                 f" and config.synthetic.enabled is False: run data_prep first")
