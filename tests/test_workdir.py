@@ -43,3 +43,14 @@ def test_object_storage_work_directories_stay_uris():
     assert str(checkpoint.absolute("gs://bucket/runs/joint") / "checkpoints") == \
         "gs://bucket/runs/joint/checkpoints"
     assert checkpoint.absolute("runs/x").is_absolute()
+
+
+def test_results_table_on_object_storage(ram_dir, capsys):
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(workdir=ram_dir, synthetic=True, text_info={"note": "", "used": "minilm"})
+    result = {"mIoU": 0.5, "mAcc": 0.6, "allAcc": 0.7, "points": 10, "iou": {"wall": 0.5}}
+    loop._final_table(run, {"S3DIS": result}, "after 3 steps")
+    text = (epath.Path(ram_dir) / "results.txt").read_text()
+    assert text.startswith("PPT per-dataset results after 3 steps") and "S3DIS" in text
+    assert "S3DIS" in capsys.readouterr().out

@@ -106,7 +106,7 @@ def _process_zero_first(fn):
 
 def prepare(config, workdir):
     """Resolve data, build the text table, model and mesh: a `setup.Run`."""
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
     def data_and_text():
         resolved, synthetic = setup.resolve_data(config, workdir)
@@ -276,8 +276,7 @@ def _final_table(run, results, what):
               f" {note})")
     table = header + "\n" + metrics.format_table(results)
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "results.txt"), "w") as f:
-            f.write(table + "\n")
+        (epath.Path(run.workdir) / "results.txt").write_text(table + "\n")
         print(table, flush=True)
     return table
 
@@ -360,7 +359,7 @@ def evaluate(config, workdir, which="best", test=False):
 
 def export(config, workdir, which="best", out_dir=None):
     run, state = restore_for_eval(config, workdir, which)
-    out = out_dir or os.path.join(workdir, "export")
+    out = out_dir or str(epath.Path(workdir) / "export")
     checkpoint.export(out, jax.device_get(_variables(state)), run.config.to_dict(),
                       part=run.config.export.part)
     log.info("Exported the %s checkpoint (step %d, part %s) to %s", which, int(state.step),

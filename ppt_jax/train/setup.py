@@ -68,7 +68,7 @@ def resolve_data(config, workdir):
         raise FileNotFoundError(f"no shards at {missing} (config.data.train_dirs / config.eval.val_dirs)"
                                 f" and config.synthetic.enabled is False: run data_prep first")
     from data_prep import synthetic  # the embedded default only; real runs never import data_prep
-    out = os.path.join(workdir, "synthetic")
+    out = str(epath.Path(workdir) / "synthetic")
     log.warning("Configured shards not found: %s. Running the same recipe on synthetic "
                     "multi-domain data in %s (scaled by config.synthetic.overrides).",
                     ", ".join(missing), out)
@@ -91,7 +91,7 @@ def text_table(config, workdir):
         # Read before huggingface_hub is first imported (ppt_jax.text imports it lazily).
         os.environ["HF_HUB_OFFLINE"] = "1"
     kwargs = dict(names=labels.UNION_NAMES, template=t.template,
-                  cache_dir=t.cache_dir or os.path.join(workdir, "text"))
+                  cache_dir=t.cache_dir or str(epath.Path(workdir) / "text"))
     try:
         table = text.class_embeddings(t.encoder, model_path=t.model_path or None,
                                       bpe_path=t.bpe_path or None, **kwargs)
