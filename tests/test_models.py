@@ -64,7 +64,7 @@ def filled_variables(model, feat, h, cond, seed=0):
 def small_batch():
     """A padded, mixed-dataset batch, the small model and random variables for it."""
     rng = np.random.default_rng(6)
-    coords, mask, feat = scenes(rng, [40, 23], 48)
+    coords, mask, feat = scenes(rng, [40, 23], 48, box=20)  # >= 2 sites per sample at every level
     h = build(coords, mask, 48)
     cond = np.array([0, 2])
     model = small_ppt()

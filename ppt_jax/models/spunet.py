@@ -4,7 +4,7 @@ Module names mirror the reference's state-dict keys (conv_input, down_s, enc_s/b
 dec_s/block_i; conv/bn inside the conv-norm-ReLU units; conv1/bn1/conv2/bn2/proj_conv/proj_norm
 inside BasicBlocks) so that `pointcept_import` is a readable key mapping.
 
-Sparse convs run per sample through `ppt_jax.sparse` (vmapped over the batch); kernels are float32
+Sparse convs run on the whole batch through `ppt_jax.sparse` (its per-sample forms vmap inside); kernels are float32
 params, cast to the compute dtype; norms keep float32 statistics. Stage s of the encoder lives at
 hierarchy level s+1, decoder stage s at level s; the stem and the output at level 0.
 """
@@ -42,7 +42,7 @@ class SparseConv(nn.Module):
         w = self.param("kernel", init, (taps, cin, self.features), jnp.float32).astype(self.dtype)
         x = jnp.asarray(x, self.dtype)
         fn = getattr(sparse, f"{self.kind}_conv")          # subm_conv | down_conv | up_conv
-        return jax.vmap(lambda xi, hi: fn(xi, hi, self.level, w))(x, hierarchy)
+        return fn(x, hierarchy, self.level, w)             # batched: (B, N, C) with the batched hierarchy
 
 
 class Unit(nn.Module):

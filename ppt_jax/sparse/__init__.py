@@ -11,9 +11,10 @@ Everything is deterministic: sorts are stable, scatters write unique indices, th
 passes are gathers (no scatter-add), so outputs and gradients are bitwise reproducible.
 """
 
+from ppt_jax.sparse import pairs, sizing
 from ppt_jax.sparse.conv import down_conv, subm_conv, up_conv
 from ppt_jax.sparse.hierarchy import Hierarchy, HierarchySpec, build_hierarchy, check_hierarchy
 from ppt_jax.sparse.keys import GRID_BOUND
 
 __all__ = ["GRID_BOUND", "Hierarchy", "HierarchySpec", "build_hierarchy", "check_hierarchy",
-           "down_conv", "subm_conv", "up_conv"]
+           "down_conv", "pairs", "sizing", "subm_conv", "up_conv"]

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ppt_jax.sparse import pairs as P
+
 _F32 = jnp.float32
 
 
@@ -42,6 +44,9 @@ def _dot(a, b):
 
 def _einsum(spec, a, b):
     return jnp.einsum(spec, *_operands(a, b), preferred_element_type=_F32)
+
+
+_pair_subm = P.make_pair_conv(_einsum)
 
 
 def _pad_zero_row(x):
@@ -169,10 +174,11 @@ _up.defvjp(_up_fwd, _up_bwd)
 
 
 def _check(name, x, w, n, taps):
-    if x.ndim != 2 or x.shape[0] != n:
-        raise ValueError(f"{name}: features {x.shape} do not match the level's {n} sites (expected ({n}, C))")
-    if w.ndim != 3 or w.shape[1] != x.shape[1] or (taps is not None and w.shape[0] != taps):
-        want = f"({taps}, {x.shape[1]}, D)" if taps else f"(k**3, {x.shape[1]}, D)"
+    if x.ndim not in (2, 3) or x.shape[-2] != n:
+        raise ValueError(f"{name}: features {x.shape} do not match the level's {n} sites (expected ({n}, C) "
+                         f"or (B, {n}, C))")
+    if w.ndim != 3 or w.shape[1] != x.shape[-1] or (taps is not None and w.shape[0] != taps):
+        want = f"({taps}, {x.shape[-1]}, D)" if taps else f"(k**3, {x.shape[-1]}, D)"
         raise ValueError(f"{name}: weight shape {w.shape} does not fit features {x.shape}; expected {want}")
 
 
@@ -182,39 +188,54 @@ def _level(name, h, level, coarser):
         raise ValueError(f"{name}: level {level} out of range [0, {top}] for a {len(h.masks)}-level hierarchy")
 
 
+def _per_sample(fn, x, h):
+    """Run a one-sample conv on x (N, C) with an unbatched hierarchy, or vmap it over (B, N, C)."""
+    return fn(x, h) if x.ndim == 2 else jax.vmap(fn)(x, h)
+
+
 def subm_conv(x, h, level, w):
     """Submanifold conv at `level`: x (N_l, C), w (k**3, C, D) with odd k -> (N_l, D), sites unchanged.
 
     out[p] = sum over taps delta with p + delta a site of w[tap(delta)]^T x[p + delta] (cross-correlation,
-    tap order of keys.offsets). k = 1 is a per-site matmul; other k need a table built by the HierarchySpec.
+    tap order of keys.offsets). k = 1 is a per-site matmul; other k need a table built by the HierarchySpec;
+    3x3x3 convs use the exact-pair form where the spec built pair lists for the level (`pairs.py`).
+    Batched: x (B, N_l, C) with the batched hierarchy of `jax.vmap(build_hierarchy)`.
     """
     _level("subm_conv", h, level, coarser=False)
-    _check("subm_conv", x, w, h.masks[level].shape[0], None)
+    _check("subm_conv", x, w, h.masks[level].shape[-1], None)
     taps = w.shape[0]
+    mask = h.masks[level]
     if taps == 1:
         y = _dot(x, w[0])
-        return jnp.where(h.masks[level][:, None], y, 0).astype(_out_dtype(x, w))
-    table = next((t for t in h.nbr[level].values() if t.shape[-1] == taps), None)
-    if table is None:
-        have = sorted(round(t.shape[-1] ** (1 / 3)) for t in h.nbr[level].values())
+        return jnp.where(mask[..., None], y, 0).astype(_out_dtype(x, w))
+    if taps == 27 and h.pairs[level] is not None:
+        if x.ndim == 3:
+            return _pair_subm(x, w, mask, h.pairs[level])
+        one = jax.tree_util.tree_map(lambda a: a[None], (mask, h.pairs[level]))
+        return _pair_subm(x[None], w, *one)[0]
+    tables = h.nbr[level]
+    if not any(t.shape[-1] == taps for t in tables.values()):
+        have = sorted(round(t.shape[-1] ** (1 / 3)) for t in tables.values())
         raise ValueError(f"subm_conv: no neighbour table for {taps} taps at level {level}; the HierarchySpec "
                          f"built kernel sizes {have} there (add it to HierarchySpec.kernel_sizes)")
-    return _subm(x, w, table)
+    k = round(taps ** (1 / 3))
+    return _per_sample(lambda xi, hi: _subm(xi, w, hi.nbr[level][k]), x, h)
 
 
 def down_conv(x, h, level, w):
     """Stride-2 conv (kernel 2) from `level` to `level + 1`: x (N_l, C), w (8, C, D) -> (N_{l+1}, D).
 
-    out[q] = sum over sites p with floor(p / 2) = q of w[4 cx + 2 cy + cz]^T x[p], c = p - 2 q."""
+    out[q] = sum over sites p with floor(p / 2) = q of w[4 cx + 2 cy + cz]^T x[p], c = p - 2 q. Batched as
+    subm_conv."""
     _level("down_conv", h, level, coarser=True)
-    _check("down_conv", x, w, h.masks[level].shape[0], 8)
-    return _down(x, w, h.children[level], h.parent_slot[level])
+    _check("down_conv", x, w, h.masks[level].shape[-1], 8)
+    return _per_sample(lambda xi, hi: _down(xi, w, hi.children[level], hi.parent_slot[level]), x, h)
 
 
 def up_conv(x, h, level, w):
     """Inverse of down_conv(level): x (N_{l+1}, C), w (8, C, D) -> (N_l, D) on level l's exact sites.
 
-    out[p] = w[4 cx + 2 cy + cz]^T x[floor(p / 2)], c = p - 2 floor(p / 2)."""
+    out[p] = w[4 cx + 2 cy + cz]^T x[floor(p / 2)], c = p - 2 floor(p / 2). Batched as subm_conv."""
     _level("up_conv", h, level, coarser=True)
-    _check("up_conv", x, w, h.masks[level + 1].shape[0], 8)
-    return _up(x, w, h.children[level], h.parent_slot[level])
+    _check("up_conv", x, w, h.masks[level + 1].shape[-1], 8)
+    return _per_sample(lambda xi, hi: _up(xi, w, hi.children[level], hi.parent_slot[level]), x, h)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppt_jax.sparse import keys as K
+from ppt_jax.sparse import pairs as P
 
 SEARCH_METHODS = ("scan", "scan_unrolled", "sort", "compare_all")
 NEIGHBOUR_MAPS = ("derived", "searched")
@@ -53,12 +54,19 @@ class HierarchySpec:
       sites without a parent have no neighbours either); "searched" binary-searches every level (exact
       spconv semantics over the kept sites even on overflow, slower).
     search_method: `jnp.searchsorted` method for the key lookups.
+    pair_capacities: per level, the number of off-centre 3x3x3 pairs to keep (a multiple of that level's
+      `pair_chunks` entry) for the exact-pair conv form (`ppt_jax.sparse.pairs`), or 0 for the dense
+      27-tap form; None (default) = dense everywhere. Pairs beyond it are counted in `dropped_pairs`.
+    pair_chunks: per level, the pairs per chunk of the exact-pair form (one matmul each); None picks
+      `default_pair_chunk(capacities[l])`.
     """
 
     capacities: tuple
     kernel_sizes: tuple = None
     neighbour_maps: str = "derived"
     search_method: str = "scan"
+    pair_capacities: tuple = None
+    pair_chunks: tuple = None
 
     def __post_init__(self):
         caps = tuple(int(c) for c in self.capacities)
@@ -78,8 +86,23 @@ class HierarchySpec:
                              f"got {self.neighbour_maps!r}")
         if self.search_method not in SEARCH_METHODS:
             raise ValueError(f"HierarchySpec.search_method must be one of {SEARCH_METHODS}, got {self.search_method!r}")
+        pcaps = (0,) * len(caps) if self.pair_capacities is None else tuple(int(p or 0) for p in self.pair_capacities)
+        chunks = (tuple(default_pair_chunk(c) for c in caps) if self.pair_chunks is None
+                  else tuple(int(c) for c in self.pair_chunks))
+        if len(pcaps) != len(caps) or len(chunks) != len(caps):
+            raise ValueError(f"HierarchySpec.pair_capacities / pair_chunks need {len(caps)} levels, got "
+                             f"{self.pair_capacities} / {self.pair_chunks}")
+        for level, (p, s) in enumerate(zip(pcaps, chunks)):
+            if s < 1 or p < 0 or p % s:
+                raise ValueError(f"HierarchySpec.pair_capacities[{level}] = {p} must be a non-negative multiple "
+                                 f"of pair_chunks[{level}] = {s}")
+            if p and 3 not in kernels[level]:
+                raise ValueError(f"HierarchySpec.pair_capacities[{level}] is set but level {level} builds no "
+                                 f"3x3x3 table (kernel_sizes {kernels[level]})")
         object.__setattr__(self, "capacities", caps)
         object.__setattr__(self, "kernel_sizes", kernels)
+        object.__setattr__(self, "pair_capacities", pcaps)
+        object.__setattr__(self, "pair_chunks", chunks)
 
     @property
     def levels(self):
@@ -94,6 +117,12 @@ class HierarchySpec:
         return tuple(sorted(ks, reverse=True))
 
 
+def default_pair_chunk(sites):
+    """Pairs per chunk of the exact-pair form: ~sites / 24, a power of two in [128, 4096] (each tap pads its
+    last chunk, so 26 half chunks are wasted on average: about 4% of the pairs at any level)."""
+    return int(np.clip(2 ** np.round(np.log2(max(sites, 1) / 24)), 128, 4096))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Hierarchy:
@@ -102,7 +131,9 @@ class Hierarchy:
     masks[l] (N_l,) bool, coords[l] (N_l, 3) int32 (0 at padding), nbr[l] {k: (N_l, k**3) int32},
     children[l] / parent_slot[l] for l < L (see module docstring), dropped_sites (L+1,) int32: sites lost
     per level (level 0: masked input sites that are out of bound or repeat an earlier site's
-    coordinates), out_of_bound () int32: masked input sites outside [0, GRID_BOUND).
+    coordinates), out_of_bound () int32: masked input sites outside [0, GRID_BOUND); pairs[l] a
+    `pairs.PairList` where the spec asks for the exact-pair form at level l, else None; dropped_pairs (L,)
+    int32: pairs beyond `pair_capacities[l]`.
     """
 
     masks: tuple
@@ -112,6 +143,8 @@ class Hierarchy:
     parent_slot: tuple
     dropped_sites: jax.Array
     out_of_bound: jax.Array
+    pairs: tuple
+    dropped_pairs: jax.Array
 
 
 def _lookup(sorted_keys, perm, site_keys, valid, k, method):
@@ -236,9 +269,16 @@ def build_hierarchy(grid_coord, mask, spec):
         else:
             table = _lookup(*search[level], masks[level], big, spec.search_method)
         nbr[level] = _with_subsets(table, big, kernels[1:])
+    pair_lists, dropped_pairs = [], []
+    for level in range(spec.levels):
+        cap = spec.pair_capacities[level]
+        built = P.build_pairs(nbr[level][3], cap, spec.pair_chunks[level]) if cap else (None, jnp.int32(0))
+        pair_lists.append(built[0])
+        dropped_pairs.append(built[1])
     return Hierarchy(masks=tuple(masks), coords=tuple(all_coords), nbr=tuple(nbr), children=tuple(children),
                      parent_slot=tuple(parent_slot), dropped_sites=jnp.stack(dropped).astype(jnp.int32),
-                     out_of_bound=out_of_bound)
+                     out_of_bound=out_of_bound, pairs=tuple(pair_lists),
+                     dropped_pairs=jnp.stack(dropped_pairs).astype(jnp.int32))
 
 
 def check_hierarchy(h, what="batch"):
@@ -254,3 +294,9 @@ def check_hierarchy(h, what="batch"):
         if n:
             raise ValueError(f"{what}: level {level} needs {int(n)} more site(s) than its capacity "
                              f"{h.masks[level].shape[-1]}; raise HierarchySpec.capacities[{level}]")
+    dropped = np.asarray(h.dropped_pairs).reshape(-1, len(h.masks)).sum(axis=0)
+    for level, n in enumerate(dropped):
+        if n:
+            cap = h.pairs[level].out.shape[-1]
+            raise ValueError(f"{what}: level {level} has {int(n)} more 3x3x3 neighbour pair(s) than its pair "
+                             f"capacity {cap}; raise HierarchySpec.pair_capacities[{level}]")

@@ -1,0 +1,140 @@
+"""Exact-pair submanifold 3x3x3 convolution: every product has an active neighbour (spconv's indice pairs).
+
+The dense form (conv.py) multiplies all 27 taps of every site; on indoor surfaces only 12-15 of them hold
+a site, so half its products are zeros. This form keeps, per level, one list of the active (output,
+input) pairs of the 26 off-centre taps, built once per batch inside the hierarchy:
+
+  pairs.out / pairs.inp (P,)  output and input site of each pair; padding entries hold N_l (never a site)
+  pairs.chunk_tap (P // S,)   the tap of each chunk of S consecutive pairs (every chunk holds one tap)
+  pairs.num_chunks ()         chunks that hold real pairs; the convs loop over these only
+
+Each tap's pairs are sorted by output site and padded to a multiple of the chunk size S, so a chunk is one
+(S, C) @ (C, D) matmul with that tap's weight. The centre tap is one plain (N, C) @ (C, D) matmul over all
+sites. The capacity P is static (`HierarchySpec.pair_capacities`); pairs beyond it are counted in
+`Hierarchy.dropped_pairs` and `check_hierarchy` raises, as for sites.
+
+  forward   y = x W_13 + sum over chunks c: y[out_c] += x[inp_c] W_tap(c)
+  dx        the same conv of dy with mirrored, transposed weights (pairs of tap t, reversed, are the pairs of
+            tap 26 - t), so the backward pass reuses the forward loop
+  dw        dW_t = sum over chunks of tap t of x[inp_c]^T dy[out_c]; dW_13 = x^T dy
+
+The loop is sequential and every chunk's outputs are distinct sites, so the accumulation order is fixed:
+outputs and gradients are bitwise reproducible on every backend (no unordered scatter-add). Batches keep
+their leading axis (no vmap): all samples run the same chunk index at once, the loop runs
+max(num_chunks) times, and a sample with fewer chunks multiplies padding (zeros) in the tail.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+CENTRE = 13
+OFF_CENTRE = np.array([t for t in range(27) if t != CENTRE], np.int32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PairList:
+    """Active off-centre pairs of one level's 3x3x3 table (see module docstring); batched under vmap."""
+
+    out: jax.Array
+    inp: jax.Array
+    chunk_tap: jax.Array
+    num_chunks: jax.Array
+
+
+def build_pairs(nbr, capacity, chunk):
+    """(N, 27) neighbour table (N where absent) -> (PairList, dropped pair count) for one sample.
+
+    Tap t's pairs occupy [offset_t, offset_t + count_t) with offset_t a multiple of `chunk`, in output
+    order; the rest of each tap's last chunk and the tail of the list are padding (out = inp = N)."""
+    n = nbr.shape[0]
+    if capacity % chunk:
+        raise ValueError(f"pair capacity {capacity} must be a multiple of the chunk size {chunk}")
+    table = nbr[:, OFF_CENTRE]                                               # (N, 26)
+    active = table < n
+    counts = jnp.sum(active, axis=0, dtype=jnp.int32)
+    padded = (counts + chunk - 1) // chunk * chunk
+    ends = jnp.cumsum(padded)
+    rank = jnp.cumsum(active, axis=0, dtype=jnp.int32) - active
+    pos = jnp.where(active, (ends - padded)[None, :] + rank, capacity)        # (N, 26); beyond: dropped
+    flat = pos.reshape(-1)
+    sites = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], table.shape).reshape(-1)
+    out = jnp.full((capacity,), n, jnp.int32).at[flat].set(sites, mode="drop")
+    inp = jnp.full((capacity,), n, jnp.int32).at[flat].set(table.reshape(-1), mode="drop")
+    starts = jnp.arange(capacity // chunk, dtype=jnp.int32) * chunk
+    which = jnp.minimum(jnp.searchsorted(ends, starts, side="right"), len(OFF_CENTRE) - 1)
+    chunk_tap = jnp.asarray(OFF_CENTRE)[which]
+    num_chunks = jnp.minimum(ends[-1], capacity) // chunk
+    dropped = jnp.sum(active & (pos >= capacity), dtype=jnp.int32)
+    return PairList(out=out, inp=inp, chunk_tap=chunk_tap.astype(jnp.int32),
+                    num_chunks=num_chunks.astype(jnp.int32)), dropped
+
+
+def _gather(x, idx):
+    """x (B, N, C), idx (B, S) with N for 'no site' -> (B, S, C), zeros at N."""
+    return jax.vmap(lambda xb, ib: jnp.take(xb, ib, axis=0, mode="fill", fill_value=0))(x, idx)
+
+
+def _loop_bound(pairs):
+    return jnp.max(pairs.num_chunks)
+
+
+def _chunk(pairs, k):
+    size = pairs.out.shape[1] // pairs.chunk_tap.shape[1]
+    sl = lambda a: lax.dynamic_slice_in_dim(a, k * size, size, axis=1)
+    return sl(pairs.out), sl(pairs.inp), pairs.chunk_tap[:, k]
+
+
+def _pair_conv(x, pairs, w, dot):
+    """(B, N, C), batched PairList, (27, C, D) -> (B, N, D) float32 (padding rows not masked here)."""
+    rows = jnp.arange(x.shape[0])[:, None]
+    y = dot("bnc,cd->bnd", x, w[CENTRE])
+
+    def body(k, y):
+        out, inp, tap = _chunk(pairs, k)
+        z = dot("bsc,bcd->bsd", _gather(x, inp), w[tap])
+        return y.at[rows, out].add(z, mode="drop")
+
+    return lax.fori_loop(0, _loop_bound(pairs), body, y)
+
+
+def _pair_weight_grad(x, pairs, dy, dot):
+    """(27, C, D) float32: dW_t = sum over tap t's chunks of x[inp]^T dy[out], per sample, then summed."""
+    b, c, d = x.shape[0], x.shape[2], dy.shape[2]
+    rows = jnp.arange(b)
+
+    def body(k, acc):
+        out, inp, tap = _chunk(pairs, k)
+        g = dot("bsc,bsd->bcd", _gather(x, inp), _gather(dy, out))
+        return acc.at[rows, tap].add(g)
+
+    acc = lax.fori_loop(0, _loop_bound(pairs), body, jnp.zeros((b, 27, c, d), jnp.float32))
+    return acc.sum(0).at[CENTRE].add(dot("bnc,bnd->cd", x, dy))
+
+
+def make_pair_conv(dot):
+    """The custom-VJP conv for a given contraction `dot(spec, a, b)` (float32 accumulation)."""
+
+    @jax.custom_vjp
+    def conv(x, w, mask, pairs):
+        y = _pair_conv(x, pairs, w, dot)
+        return jnp.where(mask[..., None], y, 0).astype(jnp.result_type(x.dtype, w.dtype))
+
+    def fwd(x, w, mask, pairs):
+        return conv(x, w, mask, pairs), (x, w, mask, pairs)
+
+    def bwd(res, dy):
+        x, w, mask, pairs = res
+        dy = jnp.where(mask[..., None], dy, 0)
+        xm = jnp.where(mask[..., None], x, 0)
+        dx = _pair_conv(dy, pairs, jnp.swapaxes(w[::-1], 1, 2), dot)
+        dx = jnp.where(mask[..., None], dx, 0)
+        dw = _pair_weight_grad(xm, pairs, dy, dot)
+        return dx.astype(x.dtype), dw.astype(w.dtype), None, None
+
+    conv.defvjp(fwd, bwd)
+    return conv

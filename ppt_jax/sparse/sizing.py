@@ -1,0 +1,106 @@
+"""Static capacities from data: sites and 3x3x3 pairs per level, measured on real crops (host side, numpy).
+
+A HierarchySpec fixes every level's site capacity and, for the exact-pair form, its pair capacity; one
+compile serves every batch. Too small a capacity drops sites or pairs (`check_hierarchy` raises), too large
+pads every conv. Fractions of the site budget (1, 1/2, 1/4, ...) fit no real scene: a 100k-site indoor crop
+at 2 cm has 100000 / 25335 / 6239 / 1495 / 331 sites per level (4x per level, surfaces), so fixed fractions
+pad its coarse levels 2-19x. Here the sizes are measured on sample crops of the data itself:
+
+    stats = measure(crops)                        # [(N_i, 3) int voxel coords of each crop], any number
+    spec = spec_from_stats(stats, num_sites, form="pairs")
+
+`measure` counts, per crop and level l, the unique sites floor(p / 2**l) and their active off-centre
+3x3x3 neighbour pairs; `spec_from_stats` takes the largest over the crops times `margin` (level 0 is the
+input budget itself). Pair capacities add the per-tap chunk padding (at most one chunk per tap).
+"""
+
+import numpy as np
+
+from ppt_jax.sparse import keys as K
+from ppt_jax.sparse.hierarchy import HierarchySpec, default_pair_chunk
+
+LEVELS = 5
+FORMS = ("dense", "pairs")
+DEFAULT_PAIR_LEVELS = (0, 1, 2)
+"""Levels where the exact-pair form pays on CPU (benchmarks/README.md): the fine levels, where most of the
+step's products are and 12-13 of 27 taps are active; the coarse levels keep the dense 27-tap matmul."""
+MARGIN = 1.15
+"""Capacity over the largest measured crop: augmentation (rotation, scaling, elastic distortion) moves a
+crop's coarse-level sizes by a few percent."""
+MULTIPLE = 64
+
+
+def _round_up(n, m):
+    return int(-(-int(n) // m) * m)
+
+
+def _pairs(sites):
+    """Active off-centre 3x3x3 neighbour pairs among unique sites (N, 3)."""
+    keys = np.sort(np.asarray(K.encode(sites), np.int64))
+    offsets = K.key_offsets(3)
+    total = 0
+    for off in offsets:
+        if off == 0:
+            continue
+        q = keys + int(off)
+        idx = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        total += int(np.sum(keys[idx] == q))
+    return total
+
+
+def measure(crops, levels=LEVELS):
+    """{'sites': (crops, levels), 'pairs': (crops, levels)} int arrays for voxel coords of each crop."""
+    sites, pairs = [], []
+    for coords in crops:
+        coords = np.asarray(coords, np.int32)
+        coords = coords - coords.min(axis=0)
+        row_s, row_p = [], []
+        for level in range(levels):
+            level_sites = np.unique(coords >> level, axis=0)
+            row_s.append(len(level_sites))
+            row_p.append(_pairs(level_sites))
+        sites.append(row_s)
+        pairs.append(row_p)
+    return {"sites": np.asarray(sites, np.int64), "pairs": np.asarray(pairs, np.int64)}
+
+
+def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=DEFAULT_PAIR_LEVELS,
+                    search_method="scan"):
+    """HierarchySpec for crops like the measured ones with a level-0 budget of `num_sites`."""
+    if form not in FORMS:
+        raise ValueError(f"config.sparse.conv_form must be one of {FORMS}, got {form!r}")
+    sites = np.asarray(stats["sites"]).max(axis=0)
+    pairs = np.asarray(stats["pairs"]).max(axis=0)
+    levels = len(sites)
+    # Coarser levels of a crop smaller than the budget: scale by the budget / measured level-0 ratio.
+    scale = num_sites / max(int(sites[0]), 1)
+    caps = [int(num_sites)] + [min(_round_up(s * scale * margin, MULTIPLE), int(num_sites))
+                               for s in sites[1:]]
+    pair_caps = []
+    for level in range(levels):
+        if form != "pairs" or level not in pair_levels:
+            pair_caps.append(0)
+            continue
+        chunk = default_pair_chunk(caps[level])
+        pair_caps.append(_round_up(pairs[level] * scale * margin + 26 * chunk, chunk))
+    return HierarchySpec(capacities=tuple(caps), pair_capacities=tuple(pair_caps), search_method=search_method)
+
+
+def spec_for_batch(grid_coord, mask, form="pairs", margin=MARGIN):
+    """Spec sized for one given batch (B, N, 3) / (B, N): benchmarks and tools that see their data."""
+    crops = [np.asarray(g)[np.asarray(m)] for g, m in zip(grid_coord, mask)]
+    return spec_from_stats(measure(crops), np.asarray(mask).shape[1], form=form, margin=margin)
+
+
+def padding_report(spec, stats):
+    """Per level: (capacity, largest measured need, waste = 1 - need / capacity) for sites and pairs."""
+    sites = np.asarray(stats["sites"]).max(axis=0)
+    pairs = np.asarray(stats["pairs"]).max(axis=0)
+    rows = []
+    for level, cap in enumerate(spec.capacities):
+        pcap = spec.pair_capacities[level]
+        rows.append({"level": level, "sites": cap, "sites_needed": int(sites[level]),
+                     "site_waste": 1 - sites[level] / cap,
+                     "pairs": pcap, "pairs_needed": int(pairs[level]) if pcap else 0,
+                     "pair_waste": (1 - pairs[level] / pcap) if pcap else 0.0})
+    return rows
