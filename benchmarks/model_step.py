@@ -1,25 +1,34 @@
-"""Full PPT (SpUNet-v1m3, adaptive decoupled PDNorm, language head) step time on one synthetic room.
+"""The trainer's own SpUNet-v1m3 + PDNorm train step on one room crop: time, memory, profile, peer.
 
-    python -m benchmarks.model_step                      # ~100k sites at 2 cm, float32 and bfloat16
-    python -m benchmarks.model_step --sites 20000 --runs 2 --dtypes float32
+    python -m benchmarks.model_step                          # 100k sites, both conv forms, in turns
+    python -m benchmarks.model_step --profile                # + where the step's time goes (per kind, level)
+    python -m benchmarks.model_step --forms pairs --eval     # + eval forward, 13-view voting throughput
+    python -m benchmarks.model_step --sites 20000 --runs 2   # quick look
 
-Times (median after a warm-up run, on jax.default_backend()):
-- build: the kernel-map hierarchy (sparse.build_hierarchy, jitted alone);
-- fwd: train-mode forward (batch statistics) given the hierarchy;
-- fwd+bwd: loss and gradients of all parameters given the hierarchy;
-- step share: build / (build + fwd+bwd), the hierarchy's part of a train step that builds it inside.
-Reference (spec §14): spconv SpUNet-v1m3 fwd+bwd 14.9 s on 2 CPU cores (1 thread, the only correct
-setting). Target here: <= 7.5 s.
+The step is `ppt_jax.train.step.make_train_step` (hierarchy built inside, loss, gradients, the
+reference's SGD + OneCycle update, non-finite guard) on a 1-device mesh, with the reference model
+(configs/base.py widths, adaptive decoupled PDNorm, language head). The crop is a synthetic ScanNet-like
+room surface (benchmarks/sparse_conv.room_surface); level capacities are the crop's exact sizes plus the
+margin `ppt_jax.sparse.sizing` adds for training. Forms: 'dense' = 27 taps everywhere, 'pairs' = the
+exact-pair form where `sizing.DEFAULT_PAIR_LEVELS` says. Times are medians of --runs calls after a warm-up,
+forms timed in turns; the load average is printed at start and end (a figure under load is noise).
+Product counts: 2 x (pairs + sites) x C_in x C_out per 3x3x3 conv, x3 for forward + backward.
 """
 
 import argparse
+import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.sparse_conv import make_spec, median_time, peak_rss_gb, room_surface
+from benchmarks import step_profile
+from benchmarks.sparse_conv import interleaved, peak_rss_gb, room_surface
+from configs import joint as joint_config
 from ppt_jax import labels, models, sparse
+from ppt_jax.sparse import sizing
+from ppt_jax.train import optim, sharding, step as step_lib
 
 
 def synthetic_batch(n_sites, seed=0):
@@ -28,48 +37,123 @@ def synthetic_batch(n_sites, seed=0):
     normal = rng.normal(size=(len(coords), 3))
     feat = np.concatenate([rng.random((len(coords), 3)),
                            normal / np.linalg.norm(normal, axis=1, keepdims=True)], 1)
-    segment = rng.integers(0, 20, len(coords))
-    return coords[None], np.ones((1, len(coords)), bool), feat[None].astype(np.float32), segment[None]
+    return {"grid_coord": coords[None].astype(np.int32), "mask": np.ones((1, len(coords)), bool),
+            "feat": feat[None].astype(np.float32), "segment": rng.integers(0, 20, (1, len(coords))).astype(np.int32),
+            "condition": np.array([labels.DATASETS.index("ScanNet")], np.int32)}
+
+
+def load():
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def text_table(seed=1):
+    t = np.random.default_rng(seed).normal(size=(len(labels.UNION_NAMES), 512))
+    return t / np.linalg.norm(t, axis=1, keepdims=True)
+
+
+def products(h, channels):
+    """Exact products of the 3x3x3 convs (active pairs incl. the centre) and of the dense 27-tap form."""
+    act = [float(np.sum(np.asarray(h.nbr[lv][3]) < h.masks[lv].shape[-1])) for lv in range(len(h.masks))]
+    sites = [float(np.sum(np.asarray(m))) for m in h.masks]
+    exact = dense = 0.0
+    for level, cin, cout in channels:
+        exact += 2 * act[level] * cin * cout
+        dense += 2 * 27 * sites[level] * cin * cout
+    return exact, dense
+
+
+def conv_channels(params):
+    """(level, C_in, C_out) of every 3x3x3 subm conv kernel in the params (by module path)."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [getattr(p, "key", "") for p in path]
+        if names[-1] == "kernel" and leaf.ndim == 3 and leaf.shape[0] == 27:
+            level = step_profile.level_of("/".join(names))
+            out.append((level, leaf.shape[1], leaf.shape[2]))
+    return out
+
+
+def build_step(form, batch, dtype, runs_total):
+    spec = sizing.spec_for_batch(batch["grid_coord"], batch["mask"], form=form)
+    model = models.PPT(labels.DATASETS, text_table=text_table(), dtype=jnp.dtype(dtype))
+    cfg = joint_config.get_config()
+    tx, lr_fn = optim.make_optimizer(cfg.optim, max(runs_total, 2))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    h = jax.jit(lambda g, m: step_lib.build_hierarchies(g, m, spec))(batch["grid_coord"], batch["mask"])
+    sparse.check_hierarchy(h, "room")
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch["feat"], h, batch["condition"])
+    state = step_lib.TrainState(step=jnp.int32(0), params=variables["params"],
+                                batch_stats=variables["batch_stats"],
+                                opt_state=tx.init(variables["params"]),
+                                rng=jax.random.key_data(jax.random.PRNGKey(0)))
+    train_step = step_lib.make_train_step(model, tx, lr_fn, spec, len(labels.DATASETS), mesh)
+    t0 = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    return spec, model, h, state, compiled, compile_s
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    args = parser.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sites", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--forms", default="dense,pairs")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--profile", action="store_true", help="per kind / level table from XLA's trace")
+    ap.add_argument("--eval", action="store_true", help="eval forward and 13-view voting throughput")
+    args = ap.parse_args()
+    print(f"start: {load()}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
 
-    coords, mask, feat, segment = synthetic_batch(args.sites)
-    spec = make_spec(coords[0])
-    build = jax.jit(jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec)))
-    t_build = median_time(build, coords, mask, runs=args.runs)
-    h = build(coords, mask)
-    sparse.check_hierarchy(h, "room")
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); sites per level "
-          f"{[int(m.sum()) for m in h.masks]}; capacities {spec.capacities}")
-    print(f"hierarchy build: {t_build:.3f} s")
+    batch = synthetic_batch(args.sites)
+    runs = {}
+    for form in args.forms.split(","):
+        spec, model, h, state, compiled, compile_s = build_step(form, batch, args.dtype, args.runs + 2)
+        flops = (compiled.cost_analysis() or {}).get("flops", 0.0)
+        exact, dense = products(h, conv_channels(state.params))
+        build = jax.jit(lambda g, m, spec=spec: step_lib.build_hierarchies(g, m, spec))
+        print(f"{form}: capacities {spec.capacities}, pair capacities {spec.pair_capacities}; sites per level "
+              f"{[int(np.sum(np.asarray(m))) for m in h.masks]}; compile {compile_s:.1f} s; 3x3x3 conv products "
+              f"fwd+bwd exact {3 * exact / 1e9:.0f} GFLOP, dense {3 * dense / 1e9:.0f} GFLOP; "
+              f"XLA cost analysis {flops / 1e9:.0f} GFLOP (while-loop bodies counted once)")
+        holder = {"state": state}
 
-    text = np.random.default_rng(1).normal(size=(len(labels.UNION_NAMES), 512))
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    cond = np.array([labels.DATASETS.index("ScanNet")], np.int32)
-    for name in args.dtypes.split(","):
-        model = models.PPT(labels.DATASETS, text_table=text, dtype=jnp.dtype(name))
-        variables = jax.jit(model.init)(jax.random.PRNGKey(0), feat, h, cond)
+        def run_step(compiled=compiled, holder=holder):
+            new, metrics = compiled(holder["state"], batch)
+            jax.block_until_ready(metrics)
+            holder["state"] = new
 
-        def loss_fn(params, batch_stats, feat, h, cond, segment):
-            logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, feat, h, cond,
-                                      train=True, mutable=["batch_stats"])
-            return models.segmentation_loss(logits, segment), upd
+        runs[form] = (run_step, lambda build=build: jax.block_until_ready(build(batch["grid_coord"], batch["mask"])),
+                      compiled, holder, model, spec)
 
-        # Data passed as arguments (closed-over kernel maps would be constant-folded by XLA).
-        fwd = jax.jit(loss_fn)
-        fwd_bwd = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-        data = (variables["params"], variables["batch_stats"], feat, h, cond, segment)
-        t_fwd = median_time(fwd, *data, runs=args.runs)
-        t_step = median_time(fwd_bwd, *data, runs=args.runs)
-        print(f"{name:>8}: fwd {t_fwd:.3f} s   fwd+bwd {t_step:.3f} s   "
-              f"build share of a step {t_build / (t_build + t_step):.1%}   "
-              f"peak RSS {peak_rss_gb():.2f} GB")
+    forms = list(runs)
+    times = interleaved([runs[f][0] for f in forms] + [runs[f][1] for f in forms], args.runs)
+    for i, form in enumerate(forms):
+        step_s, build_s = times[i], times[len(forms) + i]
+        print(f"{form}: train step {step_s:.2f} s; kernel maps {build_s:.3f} s = {build_s / step_s:.1%} of the "
+              f"step; peak RSS so far {peak_rss_gb():.2f} GiB")
+    if len(forms) == 2:
+        print(f"ratio {forms[1]} / {forms[0]}: {times[1] / times[0]:.2f}")
+
+    if args.profile:
+        for form in forms:
+            run_step, _, compiled, _, _, _ = runs[form]
+            print(f"\nprofile, {form} form:")
+            t0 = time.perf_counter()
+            table, total = step_profile.profile(run_step, (), compiled.as_text(), runs=1)
+            step_profile.print_profile(table, total, time.perf_counter() - t0 - step_profile.LAST_WARMUP[0],
+                                       (compiled.cost_analysis() or {}).get("flops"))
+
+    if args.eval:
+        for form in forms:
+            _, _, _, holder, model, spec = runs[form]
+            st = holder["state"]
+            variables = {"params": st.params, "batch_stats": st.batch_stats}
+            fwd = jax.jit(lambda v, b: model.apply(
+                v, b["feat"], step_lib.build_hierarchies(b["grid_coord"], b["mask"], spec), b["condition"]))
+            (t_eval,) = interleaved([lambda: jax.block_until_ready(fwd(variables, batch))], args.runs)
+            print(f"{form}: eval forward (hierarchy included) {t_eval:.2f} s = "
+                  f"{args.sites / t_eval:,.0f} sites/s; 13-view voting of one fragment: {13 * t_eval:.1f} s")
+    print(f"end: {load()}; peak RSS {peak_rss_gb():.2f} GiB")
 
 
 if __name__ == "__main__":

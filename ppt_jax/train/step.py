@@ -28,8 +28,9 @@ class TrainState:
 
 
 def build_hierarchies(grid_coord, mask, spec):
-    """Batched `sparse.build_hierarchy` (one hierarchy per sample)."""
-    return jax.vmap(lambda g, m: sparse.build_hierarchy(g, m, spec))(grid_coord, mask)
+    """Batched `sparse.build_hierarchy` (one hierarchy per sample), under the profile scope 'hierarchy'."""
+    with jax.named_scope("hierarchy"):
+        return jax.vmap(lambda g, m: sparse.build_hierarchy(g, m, spec))(grid_coord, mask)
 
 
 def make_train_step(model, tx, lr_fn, spec, num_datasets, mesh):
@@ -45,15 +46,17 @@ def make_train_step(model, tx, lr_fn, spec, num_datasets, mesh):
                 {"params": params, "batch_stats": state.batch_stats}, batch["feat"], h, cond,
                 train=True, mutable=["batch_stats"], rngs={"dropout": rng})
             segment = jnp.where(batch["mask"], batch["segment"], -1)
-            return models.segmentation_loss(logits, segment), updates["batch_stats"]
+            with jax.named_scope("loss"):
+                return models.segmentation_loss(logits, segment), updates["batch_stats"]
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         batch_stats=stats, opt_state=opt_state, rng=state.rng)
-        out = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+        with jax.named_scope("optimizer"):  # profile scopes: benchmarks/step_profile.py
+            grad_norm = optax.global_norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             batch_stats=stats, opt_state=opt_state, rng=state.rng)
+            out = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {
             "loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step), "finite": finite,
             "dataset_rows": jax.nn.one_hot(cond, num_datasets, dtype=jnp.int32).sum(0),
