@@ -66,6 +66,26 @@ def _json(path, key):
         raise writer.SceneError(path, f"no {key!r} entry") from None
 
 
+def seg_groups(path):
+    """The aggregation file's segGroups, each checked for an int id, a str label, int segments."""
+    groups = _json(path, "segGroups")
+    if not isinstance(groups, list):
+        raise writer.SceneError(path, f"'segGroups' is a {type(groups).__name__}, not a list")
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict):
+            raise writer.SceneError(path, f"segGroups[{i}] is a {type(group).__name__}, not an object")
+        where = f"segGroups[{i}] (id {group.get('id')!r})"
+        missing = [key for key in ("id", "label", "segments") if key not in group]
+        if missing:
+            raise writer.SceneError(path, f"{where} has no {', '.join(map(repr, missing))}")
+        if not isinstance(group["id"], int) or not isinstance(group["label"], str):
+            raise writer.SceneError(path, f"{where}: 'id' must be an integer and 'label' a string")
+        segments = group["segments"]
+        if not isinstance(segments, list) or not all(isinstance(x, int) for x in segments):
+            raise writer.SceneError(path, f"{where}: 'segments' must be a list of integers")
+    return groups
+
+
 def scene_dir(raw, scene_id):
     for folder in ("scans", "scans_test"):
         path = os.path.join(raw, folder, scene_id)
@@ -108,9 +128,11 @@ def load_scene(scene_id, raw, table, labelled):
         segs_path = os.path.join(folder, f"{scene_id}_vh_clean_2.0.010000.segs.json")
         agg_path = os.path.join(folder, f"{scene_id}.aggregation.json")
         seg_indices = np.asarray(_json(segs_path, "segIndices"))
+        if seg_indices.ndim != 1 or seg_indices.dtype.kind not in "iu":
+            raise writer.SceneError(segs_path, "'segIndices' must be a list of integers")
         if seg_indices.shape != (num,):
             raise writer.SceneError(segs_path, f"{seg_indices.shape[0]} segIndices for {num} vertices")
-        for group in _json(agg_path, "segGroups"):
+        for group in seg_groups(agg_path):
             idx = np.isin(seg_indices, group["segments"])
             segment[idx] = table.get(group["label"], -1)
             instance[idx] = group["id"]

@@ -144,3 +144,22 @@ def test_bad_meta(raw, tmp_path):
     os.remove(os.path.join(raw, "scannetv2_val.txt"))
     with pytest.raises(FileNotFoundError, match="scannetv2_val.txt: ScanNet split list not found"):
         scannet.read_split_list(raw, "val")
+
+
+def test_malformed_annotation_skips_the_scene(raw, tmp_path, capsys):
+    """A segGroup without "label" (or with a non-list "segments"): that scene is skipped and reported,
+    the split still gets its manifest and its other scenes."""
+    agg = os.path.join(raw, "scans", "scene0002_00", "scene0002_00.aggregation.json")
+    with open(agg, "w") as f:
+        json.dump({"segGroups": [GROUPS[0], {"id": 1, "segments": [11]}]}, f)
+    segs = os.path.join(raw, "scans", "scene0000_00", "scene0000_00.aggregation.json")
+    with open(segs, "w") as f:
+        json.dump({"segGroups": [{"id": 0, "label": "wall", "segments": 10}]}, f)
+    out = str(tmp_path / "out")
+    assert scannet.main(["--raw", raw, "--out", out, "--splits", "train,val", "--workers", "1",
+                         "--no_progress"]) == 1
+    printed = capsys.readouterr().out
+    assert f"skipped scene0002_00: {agg}: segGroups[1] (id 1) has no 'label'" in printed
+    assert f"skipped scene0000_00: {segs}: segGroups[0] (id 0): 'segments' must be a list of integers" in printed
+    manifest, _ = read_split(os.path.join(out, "val"))
+    assert "scene0002_00" in {s["scene"] for s in manifest["skipped"]}
