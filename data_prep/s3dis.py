@@ -49,28 +49,56 @@ def read_rooms(raw, area):
     return rooms
 
 
+def _bad_line(path, rows):
+    """SceneError naming the first line of `rows` [(line, bytes)] with a token float() rejects."""
+    for line, row in rows:
+        for token in row.split():
+            try:
+                float(token)
+            except ValueError:
+                return writer.SceneError(path, f"line {line}: {token.decode(errors='replace')!r} is not a number")
+    return writer.SceneError(path, "not numeric")
+
+
 def read_object(path):
-    """-> (points (n, 6) float64, note or None); control characters are repaired and noted."""
+    """-> (points (n, 6) float64, notes); control characters are repaired and noted, an empty file noted.
+
+    Every problem names the file and its line: a non-numeric token, a line without 6 values, a
+    non-finite value, a colour outside 0..255.
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         raise writer.SceneError(path, f"unreadable: {err.strerror}") from None
-    note = None
+    notes = []
     bad = [m.start() for m in _CONTROL.finditer(data)]
     if bad:
         line = data.count(b"\n", 0, bad[0]) + 1
-        note = f"{path}: replaced {len(bad)} control character(s) with '0' (first on line {line})"
+        notes.append(f"{path}: replaced {len(bad)} control character(s) with '0' (first on line {line})")
         data = _CONTROL.sub(b"0", data)
     rows = [(i, r) for i, r in enumerate(data.split(b"\n"), start=1) if r.strip()]
     try:
         values = np.array(data.split(), np.float64)
-    except ValueError as err:
-        raise writer.SceneError(path, f"not numeric: {err}") from None
+    except ValueError:
+        raise _bad_line(path, rows) from None
     if values.size != 6 * len(rows):
         line = next(i for i, r in rows if len(r.split()) != 6)
         raise writer.SceneError(path, f"line {line}: expected 6 values (x y z r g b)")
-    return values.reshape(-1, 6), note
+    points = values.reshape(-1, 6)
+    nonfinite = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if len(nonfinite):
+        line, text = rows[nonfinite[0]]
+        token = next(t for t, v in zip(text.split(), points[nonfinite[0]]) if not np.isfinite(v))
+        raise writer.SceneError(path, f"line {line}: non-finite value {token.decode()!r}")
+    colour = points[:, 3:]
+    off = np.flatnonzero(((colour < 0) | (colour > 255)).any(axis=1))
+    if len(off):
+        value = colour[off[0]][(colour[off[0]] < 0) | (colour[off[0]] > 255)][0]
+        raise writer.SceneError(path, f"line {rows[off[0]][0]}: colour {value:g} outside 0..255")
+    if not rows:
+        notes.append(f"{path}: empty object file (no points)")
+    return points, notes
 
 
 def rotation(angle):
@@ -97,16 +125,16 @@ def load_room(scene_id, raw, angles, align_angle, mesh_root=None):
         raise writer.SceneError(os.path.join(room_dir, "Annotations"), "empty room: no *.txt object files")
     parts, segment, instance, notes = [], [], [], []
     for object_id, path in enumerate(files):
-        points, note = read_object(path)
+        points, object_notes = read_object(path)
         name = os.path.basename(path).split("_")[0]
         parts.append(points)
         segment.append(np.full(len(points), CLASSES.index(name if name in CLASSES else "clutter")))
         instance.append(np.full(len(points), object_id))
-        notes += [note] if note else []
+        if not len(points):
+            object_notes = [f"{note}: instance {object_id} has no points" for note in object_notes]
+        notes += object_notes
     points = np.concatenate(parts)
     coord = points[:, :3]
-    if not np.isfinite(coord).all():
-        raise writer.SceneError(room_dir, "non-finite coordinates (NaN or inf) in Annotations")
     normal = None
     if mesh_root is not None:
         try:
@@ -117,8 +145,6 @@ def load_room(scene_id, raw, angles, align_angle, mesh_root=None):
         coord = align(coord, angles[scene_id])
         normal = None if normal is None else normal @ rotation(angles[scene_id]).T
     color = points[:, 3:6]
-    if color.min() < 0 or color.max() > 255:
-        raise writer.SceneError(room_dir, f"colours outside 0..255: [{color.min()}, {color.max()}]")
     if normal is None:
         normal = normals.pca_normals(coord, NORMAL_NEIGHBOURS)
     return {"coord": coord.astype(np.float32), "color": color.astype(np.uint8),

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data_prep import s3dis
+from data_prep import s3dis, writer
 from test_data_prep_writer import read_split
 
 GRID = np.stack(np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 1, 11)), -1).reshape(-1, 2)
@@ -113,3 +113,30 @@ def test_bad_area_files(raw, tmp_path):
         f.write("office_2 ninety\n")
     with pytest.raises(ValueError, match="Area_1_alignmentAngle.txt:5: expected '<room> <angle>'"):
         s3dis.read_rooms(raw, "Area_1")
+
+
+def test_object_file_errors_name_file_and_line(tmp_path):
+    """Broken annotation lines: the message names the file and the line; an empty file is a note."""
+    cases = {"token.txt": ("1 2 3 4 5 6\n1 2 3O 4 5 6\n", "line 2: '3O' is not a number"),
+             "nan.txt": ("1 2 3 4 5 6\n\n1 nan 3 4 5 6\n", "line 3: non-finite value 'nan'"),
+             "colour.txt": ("1 2 3 4 5 256\n", "line 1: colour 256 outside 0..255")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(writer.SceneError) as err:
+            s3dis.read_object(str(path))
+        assert err.value.path == str(path) and err.value.reason == message
+    (tmp_path / "empty.txt").write_text("")
+    points, notes = s3dis.read_object(str(tmp_path / "empty.txt"))
+    assert points.shape == (0, 6) and notes == [f"{tmp_path / 'empty.txt'}: empty object file (no points)"]
+
+
+def test_empty_object_file_is_noted_in_the_manifest(raw, tmp_path):
+    empty = os.path.join(raw, "Area_5", "office_19", "Annotations", "board_1.txt")
+    open(empty, "w").close()
+    out = str(tmp_path / "out")
+    s3dis.main(["--raw", raw, "--out", out, "--areas", "Area_5", "--workers", "1", "--no_progress"])
+    manifest, scenes = read_split(os.path.join(out, "Area_5"))
+    assert {"scene": "Area_5/office_19",
+            "note": f"{empty}: empty object file (no points): instance 0 has no points"} in manifest["notes"]
+    assert 0 not in scenes["Area_5/office_19"]["instance"]  # board_1 sorts first: its id is unused
