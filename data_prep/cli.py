@@ -2,7 +2,10 @@
 
 Each dataset module has `add_arguments(parser)` (its own flags) and `splits(args)` (the
 `writer.write_split` arguments of every requested split, all checked before any is written); `main`
-runs them with the local writer, `data_prep.beam` with Apache Beam.
+runs them with the local writer, `data_prep.beam` with Apache Beam. Inputs the command cannot start
+without (split lists, alignment files, label table, meshes) are all checked by `splits`, which raises
+one `InputError` naming every missing or malformed file and the flag that selects a subset; `main`
+prints it as one line and exits 2 before anything is written.
 """
 
 import argparse
@@ -10,6 +13,27 @@ import os
 import sys
 
 from data_prep import writer
+
+
+class InputError(Exception):
+    """An input the command cannot start without is missing or malformed (the message says which)."""
+
+
+def check_inputs(missing, hint):
+    """Raise one InputError listing every entry of `missing`, then `hint` (the flags to use)."""
+    if missing:
+        raise InputError(f"missing inputs: {', '.join(missing)}; {hint}")
+
+
+def raw_dir(args):
+    """--raw, checked to be a directory (a URL such as gs://... is left to the reader)."""
+    if "://" not in args.raw and not os.path.isdir(args.raw):
+        raise InputError(f"--raw {args.raw}: not a directory")
+    return args.raw
+
+
+def subset_hint(flag, choices):
+    return f"{flag} selects a subset of {','.join(choices)}"
 
 
 def add_raw_argument(p):
@@ -55,7 +79,12 @@ def main(description, add_arguments, splits, argv):
     p = parser(description)
     add_arguments(p)
     args = p.parse_args(argv)
-    return report([writer.write_split(**job, **writer_kwargs(args)) for job in splits(args)])
+    try:
+        jobs = splits(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return report([writer.write_split(**job, **writer_kwargs(args)) for job in jobs])
 
 
 def report(summaries, notes=()):

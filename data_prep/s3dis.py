@@ -31,12 +31,13 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 NORMAL_NEIGHBOURS = 16
 
 
+def alignment_path(raw, area):
+    return os.path.join(raw, area, f"{area}_alignmentAngle.txt")
+
+
 def read_rooms(raw, area):
     """(room, angle) pairs of an area, from its alignment file (comment lines start with '#')."""
-    path = os.path.join(raw, area, f"{area}_alignmentAngle.txt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: S3DIS alignment file not found (is --raw the "
-                                f"Stanford3dDataset_v1.2 folder?)")
+    path = alignment_path(raw, area)
     rooms = []
     with open(path) as f:
         for line_no, line in enumerate(f, start=1):
@@ -44,7 +45,7 @@ def read_rooms(raw, area):
             if not words or words[0].startswith("#"):
                 continue
             if len(words) != 2 or not re.fullmatch(r"-?\d+", words[1]):
-                raise ValueError(f"{path}:{line_no}: expected '<room> <angle>', got {line.strip()!r}")
+                raise cli.InputError(f"{path}:{line_no}: expected '<room> <angle>', got {line.strip()!r}")
             rooms.append((words[0], int(words[1])))
     return rooms
 
@@ -162,7 +163,13 @@ def add_arguments(p):
 
 
 def splits(args):
-    """The write_split arguments of every requested area (every alignment file read first)."""
+    """The write_split arguments of every requested area (every alignment file and mesh checked first)."""
+    raw = cli.raw_dir(args)
+    missing = [p for p in (alignment_path(raw, a) for a in args.areas) if not os.path.isfile(p)]
+    if args.mesh_root:
+        missing += [s3dis_mesh.describe_missing(args.mesh_root, part) for area in args.areas
+                    for part, path in s3dis_mesh.mesh_files(args.mesh_root, area) if path is None]
+    cli.check_inputs(missing, cli.subset_hint("--areas", AREAS))
     jobs = []
     for area in args.areas:
         angles = {f"{area}/{room}": angle for room, angle in read_rooms(args.raw, area)}

@@ -1,4 +1,4 @@
-"""S3DIS normals from the 2D-3D-S meshes (`Stanford2d3dDataset_noXYZ/area_N/3d/rgb.obj`), as the reference.
+"""S3DIS normals from the 2D-3D-S meshes (`Stanford2d3dDataset_noXYZ/Area_N/3d/rgb.obj` or `area_N/...`).
 
 The reference (preprocess_s3dis.py --parse_normal) crops the area mesh to the room's bounding box
 +-0.1 m, maps it into the point-cloud frame (x, y, z) = (x_m, -z_m, y_m), and gives every point the face
@@ -50,14 +50,33 @@ def read_obj(path):
     return v, f
 
 
+# Folder names of one area's mesh: 2D-3D-S ships area_N; the reference's README and code use Area_N.
+_AREA_FOLDERS = ("Area_{}", "area_{}")
+
+
+def mesh_files(mesh_root, area):
+    """[(part, path or None)] of the area's meshes (Area 5 = parts 5a and 5b), in either folder naming."""
+    number = area.split("_")[-1]
+    found = []
+    for part in (["5a", "5b"] if number == "5" else [number]):
+        paths = [os.path.join(mesh_root, folder.format(part), "3d", "rgb.obj") for folder in _AREA_FOLDERS]
+        found.append((part, next((p for p in paths if os.path.isfile(p)), None)))
+    return found
+
+
+def describe_missing(mesh_root, part):
+    first, *others = (os.path.join(folder.format(part), "3d", "rgb.obj") for folder in _AREA_FOLDERS)
+    return f"{os.path.join(mesh_root, first)} (or {' or '.join(others)})"
+
+
 @functools.lru_cache(maxsize=1)
 def area_mesh(mesh_root, area):
     """The area's mesh in the point-cloud frame: (vertices, triangles). One area cached per process."""
-    number = area.split("_")[-1]
-    parts = ["5a", "5b"] if number == "5" else [number]
     verts, faces = [], []
-    for part in parts:
-        v, f = read_obj(os.path.join(mesh_root, f"area_{part}", "3d", "rgb.obj"))
+    for part, path in mesh_files(mesh_root, area):
+        if path is None:
+            raise writer.SceneError(describe_missing(mesh_root, part), "mesh not found")
+        v, f = read_obj(path)
         if part == "5b":
             v = v @ _AREA_5B[:, :3].T + _AREA_5B[:, 3]
         faces.append(f + sum(len(x) for x in verts))

@@ -36,21 +36,22 @@ def read_label_table(path, label_space):
         rows = csv.DictReader(f, delimiter="\t")
         for name in ("raw_category", column):
             if name not in (rows.fieldnames or ()):
-                raise ValueError(f"{path}: missing column {name!r}")
+                raise cli.InputError(f"{path}: missing column {name!r}")
         for line, row in enumerate(rows, start=2):
             try:
                 cid = int(row[column])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{line}: {column} {row[column]!r} is not an integer") from None
+                raise cli.InputError(f"{path}:{line}: {column} {row[column]!r} is not an integer") from None
             table.setdefault(row["raw_category"], lookup.get(cid, -1))
     return table
 
 
+def split_list_path(meta, split):
+    return os.path.join(meta, f"scannetv2_{split}.txt")
+
+
 def read_split_list(meta, split):
-    path = os.path.join(meta, f"scannetv2_{split}.txt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: ScanNet split list not found (pass --meta DIR)")
-    with open(path) as f:
+    with open(split_list_path(meta, split)) as f:
         return [line.strip() for line in f if line.strip()]
 
 
@@ -149,7 +150,11 @@ def add_arguments(p):
 
 def splits(args):
     """The write_split arguments of every requested split (label table and split lists read first)."""
-    meta = args.meta or args.raw
+    meta = args.meta or cli.raw_dir(args)
+    needed = [os.path.join(meta, LABEL_TABLE)] + [split_list_path(meta, s) for s in args.splits]
+    cli.check_inputs([p for p in needed if not os.path.isfile(p)],
+                     "--meta DIR names the folder of the label table and split lists (default: --raw), "
+                     + cli.subset_hint("--splits", SPLITS))
     table = read_label_table(os.path.join(meta, LABEL_TABLE), 200 if args.segment200 else 20)
     dataset, names = ("ScanNet200", CLASS_LABELS_200) if args.segment200 else ("ScanNet", None)
     return [{"out_dir": args.out, "dataset": dataset, "split": split, "scene_ids": read_split_list(meta, split),

@@ -61,7 +61,12 @@ class Archive:
         self.paths, files = _zip_files(raw)
         if not self.paths:
             raise FileNotFoundError(f"{raw}: no Structured3D *.zip files found")
-        self.zips = [zipfile.ZipFile(f) for f in files]
+        self.zips = []
+        for path, file in zip(self.paths, files):
+            try:
+                self.zips.append(zipfile.ZipFile(file))
+            except zipfile.BadZipFile as err:
+                raise zipfile.BadZipFile(f"{path}: {err}") from None
         self.where, self.rooms = {}, {}
         for i, z in enumerate(self.zips):
             for name in z.namelist():
@@ -211,7 +216,10 @@ def add_arguments(p):
 
 def splits(args):
     """The write_split arguments of every requested split (the zips' room index read first)."""
-    rooms = sorted(archive(args.raw).rooms)
+    try:
+        rooms = sorted(archive(cli.raw_dir(args)).rooms)
+    except (OSError, ImportError, zipfile.BadZipFile) as err:
+        raise cli.InputError(str(err)) from None
     return [{"out_dir": args.out, "dataset": labels.STRUCTURED3D, "split": split,
              "scene_ids": [r for r in rooms if split_of(r.split("/")[0]) == split],
              "load_fn": functools.partial(load_room, raw=args.raw), "keep_full_res": split != "train"}

@@ -106,13 +106,20 @@ def test_cli_repairs_skips_and_shards(raw, tmp_path, capsys):
     np.testing.assert_allclose(office["coord"][inv[n]], [0.595, 0.595, 0.505], atol=1e-6)
 
 
-def test_bad_area_files(raw, tmp_path):
-    with pytest.raises(FileNotFoundError, match="Area_2_alignmentAngle.txt: S3DIS alignment file not found"):
-        s3dis.read_rooms(raw, "Area_2")
+def test_bad_area_files_stop_before_any_work(raw, tmp_path, capsys):
+    """Every missing alignment file in one message (with the flag that selects a subset), no traceback,
+    nothing written; a malformed line is named with its file and line."""
+    out = tmp_path / "out"
+    assert s3dis.main(["--raw", raw, "--out", str(out), "--workers", "1", "--no_progress"]) == 2
+    missing = ", ".join(os.path.join(raw, a, f"{a}_alignmentAngle.txt") for a in ("Area_2", "Area_3", "Area_4", "Area_6"))
+    assert capsys.readouterr().err.strip() == (f"error: missing inputs: {missing}; --areas selects a subset "
+                                               f"of Area_1,Area_2,Area_3,Area_4,Area_5,Area_6")
+    assert not out.exists()
     with open(os.path.join(raw, "Area_1", "Area_1_alignmentAngle.txt"), "a") as f:
         f.write("office_2 ninety\n")
-    with pytest.raises(ValueError, match="Area_1_alignmentAngle.txt:5: expected '<room> <angle>'"):
-        s3dis.read_rooms(raw, "Area_1")
+    assert s3dis.main(["--raw", raw, "--out", str(out), "--areas", "Area_5,Area_1"]) == 2
+    assert "Area_1_alignmentAngle.txt:5: expected '<room> <angle>'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_object_file_errors_name_file_and_line(tmp_path):

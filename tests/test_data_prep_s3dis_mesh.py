@@ -51,9 +51,10 @@ def test_read_obj_fans_polygons(tmp_path):
         s3dis_mesh.read_obj(path)
 
 
-def test_area_5_joins_5a_and_5b(tmp_path):
-    write_obj(str(tmp_path / "area_5a" / "3d" / "rgb.obj"), [(0, 0, 0), (1, 0, 0), (0, 1, 0)], [(0, 1, 2)])
-    write_obj(str(tmp_path / "area_5b" / "3d" / "rgb.obj"), [(1, 2, 3), (1, 2, 4), (1, 3, 3)], [(0, 1, 2)])
+@pytest.mark.parametrize("prefix", ["area_", "Area_"])  # 2D-3D-S's names, and the reference README's
+def test_area_5_joins_5a_and_5b(tmp_path, prefix):
+    write_obj(str(tmp_path / f"{prefix}5a" / "3d" / "rgb.obj"), [(0, 0, 0), (1, 0, 0), (0, 1, 0)], [(0, 1, 2)])
+    write_obj(str(tmp_path / f"{prefix}5b" / "3d" / "rgb.obj"), [(1, 2, 3), (1, 2, 4), (1, 3, 3)], [(0, 1, 2)])
     s3dis_mesh.area_mesh.cache_clear()
     verts, faces = s3dis_mesh.area_mesh(str(tmp_path), "Area_5")
     np.testing.assert_array_equal(faces, [[0, 1, 2], [3, 4, 5]])
@@ -65,7 +66,7 @@ def test_area_5_joins_5a_and_5b(tmp_path):
 
 def test_cli_mesh_normals(raw, tmp_path):  # noqa: F811
     mesh_root = str(tmp_path / "Stanford2d3dDataset_noXYZ")
-    write_obj(os.path.join(mesh_root, "area_1", "3d", "rgb.obj"), *room_box_mesh())
+    write_obj(os.path.join(mesh_root, "Area_1", "3d", "rgb.obj"), *room_box_mesh())
     s3dis_mesh.area_mesh.cache_clear()
     out = str(tmp_path / "out")
     s3dis.main(["--raw", raw, "--out", out, "--areas", "Area_1", "--align_angle", "--mesh_root", mesh_root,
@@ -89,3 +90,16 @@ def test_mesh_normals_rotate_with_alignment(tmp_path):
     np.testing.assert_allclose(normal @ s3dis.rotation(90).T, np.tile([0, -1, 0], (4, 1)), atol=1e-12)
     with pytest.raises(s3dis_mesh.CropError, match="no mesh faces inside"):
         s3dis_mesh.mesh_normals(coord + 10, mesh)
+
+
+def test_missing_meshes_are_named_before_any_work(raw, tmp_path, capsys):  # noqa: F811
+    mesh_root = tmp_path / "meshes"
+    write_obj(str(mesh_root / "Area_5a" / "3d" / "rgb.obj"), *room_box_mesh())
+    out = tmp_path / "out"
+    assert s3dis.main(["--raw", raw, "--out", str(out), "--areas", "Area_1,Area_5", "--mesh_root",
+                       str(mesh_root), "--workers", "1", "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: missing inputs: {mesh_root}/Area_1/3d/rgb.obj (or area_1/3d/rgb.obj), "
+                   f"{mesh_root}/Area_5b/3d/rgb.obj (or area_5b/3d/rgb.obj); --areas selects a subset "
+                   f"of Area_1,Area_2,Area_3,Area_4,Area_5,Area_6")
+    assert not out.exists()

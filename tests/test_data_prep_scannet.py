@@ -136,14 +136,25 @@ def test_segment200(raw, tmp_path):
     np.testing.assert_array_equal(scene["segment"], SEGMENT200)
 
 
-def test_bad_meta(raw, tmp_path):
+def test_bad_meta_stops_before_any_work(raw, tmp_path, capsys):
+    """Missing split lists: all named in one message with the flags to use, nothing written (the
+    default splits used to fail with a traceback after writing train and val)."""
+    out = tmp_path / "o"
+    os.remove(os.path.join(raw, "scannetv2_val.txt"))
+    os.remove(os.path.join(raw, "scannetv2_test.txt"))
+    assert scannet.main(["--raw", raw, "--out", str(out), "--workers", "1", "--no_progress"]) == 2
+    missing = f"{os.path.join(raw, 'scannetv2_val.txt')}, {os.path.join(raw, 'scannetv2_test.txt')}"
+    assert capsys.readouterr().err.strip() == (
+        f"error: missing inputs: {missing}; --meta DIR names the folder of the label table and split lists "
+        f"(default: --raw), --splits selects a subset of train,val,test")
+    assert not out.exists()
     with open(os.path.join(raw, scannet.LABEL_TABLE), "w") as f:
         f.write("id\traw_category\n1\twall\n")
-    with pytest.raises(ValueError, match="labels.combined.tsv: missing column 'nyu40id'"):
-        scannet.main(["--raw", raw, "--out", str(tmp_path / "o")])
-    os.remove(os.path.join(raw, "scannetv2_val.txt"))
-    with pytest.raises(FileNotFoundError, match="scannetv2_val.txt: ScanNet split list not found"):
-        scannet.read_split_list(raw, "val")
+    assert scannet.main(["--raw", raw, "--out", str(out), "--splits", "train"]) == 2
+    assert capsys.readouterr().err.strip().endswith("labels.combined.tsv: missing column 'nyu40id'")
+    assert scannet.main(["--raw", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert f"--raw {tmp_path / 'nowhere'}: not a directory" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_malformed_annotation_skips_the_scene(raw, tmp_path, capsys):

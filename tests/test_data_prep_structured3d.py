@@ -174,6 +174,11 @@ def test_cli_splits_labels_and_broken_rooms(raw, tmp_path, capsys):
     assert scenes == {}
 
 
-def test_missing_zips(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no Structured3D \\*.zip files found"):
-        s3d.Archive(str(tmp_path))
+def test_missing_zips(tmp_path, capsys):
+    assert s3d.main(["--raw", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: no Structured3D *.zip files found"
+    (tmp_path / "broken.zip").write_bytes(b"not a zip")
+    s3d.archive.cache_clear()
+    assert s3d.main(["--raw", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'broken.zip'}: File is not a zip file"
+    assert not (tmp_path / "out").exists()
