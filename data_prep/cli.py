@@ -15,7 +15,7 @@ import sys
 from data_prep import writer
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """An input the command cannot start without is missing or malformed (the message says which)."""
 
 
