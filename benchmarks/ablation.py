@@ -89,8 +89,6 @@ BUDGETS = {
 # reason alone, before any run of it; about 8 min per run on 2 idle cores.
 BUDGETS["long"] = {**BUDGETS["small"], "steps": 300}
 
-LEVEL_FRACTIONS = (1.0, 1.0, 1.0, 1.0, 1.0)
-
 log = logging.getLogger("ablation")
 
 
@@ -104,10 +102,6 @@ def make_config(run, budget, seed, data_dir, text_cache):
     config = importlib.import_module(f"configs.{module}").get_config()
     b = BUDGETS[budget]
     setup.merge(config, {"model": {**b["model"], **model}, "data": dict(b["data"])})
-    # Sparse synthetic surfaces at low density barely shrink under stride-2 downsampling (measured
-    # with the recipe's halving fractions: thousands of sites dropped per batch at levels 1-4):
-    # every level gets the full capacity, so no site is ever dropped.
-    config.sparse.level_fractions = LEVEL_FRACTIONS
     names = tuple(config.data.datasets)
     config.name = run
     config.seed = seed

@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--forms", default="dense,pairs")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--profile", action="store_true", help="per kind / level table from XLA's trace")
+    ap.add_argument("--top", type=int, default=0, help="with --profile: also list the N longest instructions")
     ap.add_argument("--eval", action="store_true", help="eval forward and 13-view voting throughput")
     args = ap.parse_args()
     print(f"start: {load()}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
@@ -139,7 +140,7 @@ def main():
             run_step, _, compiled, _, _, _ = runs[form]
             print(f"\nprofile, {form} form:")
             t0 = time.perf_counter()
-            table, total = step_profile.profile(run_step, (), compiled.as_text(), runs=1)
+            table, total = step_profile.profile(run_step, (), compiled.as_text(), runs=1, top=args.top)
             step_profile.print_profile(table, total, time.perf_counter() - t0 - step_profile.LAST_WARMUP[0],
                                        (compiled.cost_analysis() or {}).get("flops"))
 

@@ -100,15 +100,20 @@ def trace_events(fn, args, runs):
             if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")]
 
 
-def profile(fn, args, hlo_text, runs=1):
-    """{(level or None, kind): seconds per call}, total thunk seconds per call."""
+def profile(fn, args, hlo_text, runs=1, top=0):
+    """{(level or None, kind): seconds per call}, total thunk seconds per call; with `top`, also print
+    the `top` instructions that took longest (name, opcode, scope)."""
     info = parse_hlo(hlo_text)
-    table = collections.defaultdict(float)
+    table, ops = collections.defaultdict(float), collections.defaultdict(float)
     for name, sec, _ in trace_events(fn, args, runs):
         opcode, op_name, inner = info.get(name, ("?", "", set()))
         if opcode in _CONTAINERS:
             continue
         table[(level_of(op_name), kind_of(opcode, op_name, inner, name))] += sec / runs
+        ops[name] += sec / runs
+    for name, sec in sorted(ops.items(), key=lambda kv: -kv[1])[:top]:
+        opcode, op_name, inner = info.get(name, ("?", "", set()))
+        print(f"  {sec:7.3f} s  {name:<28} {opcode:<12} {','.join(sorted(inner))[:40]:<40} {op_name[-90:]}")
     return dict(table), sum(table.values())
 
 

@@ -9,6 +9,7 @@ import ml_collections
 
 from ppt_jax import labels
 from ppt_jax.data import pipeline
+from ppt_jax.sparse import sizing
 
 SHARD_ROOT = "data/shards"   # data_prep writes <root>/<Dataset>/<split>/
 
@@ -44,7 +45,10 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.model.dtype = "float32"          # "bfloat16": bf16 compute, f32 master weights and loss
 
     c.sparse = ml_collections.ConfigDict()
-    c.sparse.level_fractions = (1.0, 0.5, 0.25, 0.125, 0.0625)   # capacity per level / level 0
+    c.sparse.conv_form = "pairs"       # 3x3x3 convs on exact active pairs at the fine levels; "dense": 27 taps
+    c.sparse.capacity_margin = sizing.MARGIN  # level capacities = largest measured crop x margin (sparse.sizing)
+    c.sparse.sizing_crops = 32         # training crops measured at the first start (kept in the workdir)
+    c.sparse.on_overflow = "raise"     # a crop over capacity: "raise", or "skip" its batch (counted, logged)
     c.sparse.search_method = "scan"
 
     c.text = ml_collections.ConfigDict()
@@ -113,7 +117,5 @@ def synthetic_default(datasets):
         "data": {"batch_size": 4, "num_sites": 4096, "eval_num_sites": 16384,
                  "eval_num_points": 32768, "test_batch_size": 4, "num_parallel_calls": 2},
         "train": {"steps": 300, "log_every": 25, "checkpoint_every": 100},
-        # Measured level-size ratios of these rooms at 2 cm: about 1, 0.99, 0.94, 0.76, 0.42.
-        "sparse": {"level_fractions": (1.0, 1.0, 1.0, 0.875, 0.5)},
     }
     return s

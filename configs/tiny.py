@@ -14,9 +14,6 @@ TINY = {
     "data": {"batch_size": 2, "num_sites": 1024, "eval_batch_size": 2, "eval_num_sites": 8192,
              "eval_num_points": 16384, "test_batch_size": 2, "num_parallel_calls": 1},
     "train": {"steps": 21, "log_every": 1, "checkpoint_every": 7},
-    # Synthetic rooms are sparser than real surfaces at 2 cm: levels shrink less (measured ratios
-    # per level about 1, 0.99, 0.94, 0.76, 0.42 at density 0.02).
-    "sparse": {"level_fractions": (1.0, 1.0, 1.0, 0.875, 0.5)},
 }
 
 

@@ -247,7 +247,8 @@ class Predictor:
         self.model = setup.build_model(self.config, table)
         self.datasets = tuple(self.config.model.conditions)
         self.grid_size = float(self.config.data.grid_size)
-        self.levels = len(self.config.sparse.level_fractions)
+        from ppt_jax.sparse import sizing
+        self.levels = sizing.LEVELS
         self._mesh = sharding.make_mesh()
         self._steps = {}
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 from ppt_jax import data, labels
@@ -67,13 +68,24 @@ def test_merge_is_recursive_and_condition_map_matches_by_name():
         setup.condition_map(f)
 
 
-def test_hierarchy_capacities_follow_the_level_fractions():
+def test_hierarchy_capacities_come_from_measured_crops(tmp_path):
+    """Capacities = largest measured crop x margin (level 0: the budget), pair lists at the fine levels,
+    measured once per work directory (a second call reads the file, never the crops)."""
     from configs import joint
     c = joint.get_config()
-    assert setup.hierarchy_spec(c, 1000).capacities == (1000, 500, 250, 125, 63)
-    c.sparse.level_fractions = (0.5, 0.25)
-    with pytest.raises(ValueError, match="level_fractions"):
-        setup.hierarchy_spec(c, 1000)
+    rng = np.random.default_rng(0)
+    crops = [np.unique(rng.integers(0, 40, (n, 3)), axis=0) for n in (700, 900)]
+    stats = setup.level_stats(tmp_path, "train", lambda: crops)
+    assert setup.level_stats(tmp_path, "train", lambda: 1 / 0)["sites"].tolist() == stats["sites"].tolist()
+    spec = setup.hierarchy_spec(c, 1000, stats)
+    most = stats["sites"].max(axis=0)
+    assert spec.capacities[0] == 1000
+    for level in range(1, 5):
+        want = most[level] * 1000 / most[0] * c.sparse.capacity_margin
+        assert min(want, 1000) <= spec.capacities[level] <= min(want + 64, 1000)
+    assert [p > 0 for p in spec.pair_capacities] == [True, True, True, False, False]
+    c.sparse.conv_form = "dense"
+    assert setup.hierarchy_spec(c, 1000, stats).pair_capacities == (0,) * 5
 
 
 def test_main_without_config_is_a_usage_error():

@@ -280,7 +280,7 @@ class PTv3(nn.Module):
                 raise ValueError(f"model.ptv3.{name} needs {stages - 1} entries (one per decoder stage)")
         if len(hierarchy.masks) < stages:
             raise ValueError(f"PTv3 with {stages} stages needs a hierarchy of {stages} levels, got "
-                             f"{len(hierarchy.masks)} (config.sparse.level_fractions)")
+                             f"{len(hierarchy.masks)} (sparse.HierarchySpec.capacities)")
         if not self.orders or any(o not in serialization.ORDERS for o in self.orders):
             raise ValueError(f"model.ptv3.orders must be a non-empty subset of {serialization.ORDERS}, "
                              f"got {self.orders}")

@@ -24,9 +24,9 @@ FORMS = ("dense", "pairs")
 DEFAULT_PAIR_LEVELS = (0, 1, 2)
 """Levels where the exact-pair form pays on CPU (benchmarks/README.md): the fine levels, where most of the
 step's products are and 12-13 of 27 taps are active; the coarse levels keep the dense 27-tap matmul."""
-MARGIN = 1.15
-"""Capacity over the largest measured crop: augmentation (rotation, scaling, elastic distortion) moves a
-crop's coarse-level sizes by a few percent."""
+MARGIN = 1.25
+"""Capacity over the largest measured crop: augmentation (rotation, scaling, elastic distortion) and crop
+placement move a crop's coarse-level sizes by up to ~20 % on sparse synthetic rooms (measured on configs/tiny.py)."""
 MULTIPLE = 64
 
 

@@ -178,7 +178,9 @@ def _train(config, workdir):
         state, meta = restored
         best, start = meta["best_mIoU"], meta["data"]["step"]
         log.info("Resumed at data step %d (%d updates applied)", start, int(state.step))
-    train_spec = setup.hierarchy_spec(cfg, cfg.data.num_sites)
+    train_stats = setup.level_stats(workdir, "train", lambda: setup.train_crops(cfg))
+    train_spec = setup.hierarchy_spec(cfg, cfg.data.num_sites, train_stats)
+    setup.log_padding(train_spec, train_stats, "train")
     train_step = step_lib.make_train_step(run.model, tx, lr_fn, train_spec, len(run.conditions),
                                           run.mesh)
     batches = data.train_dataset(cfg.data, jax.process_index(), jax.process_count(), start_step=start)
@@ -209,9 +211,17 @@ def _train(config, workdir):
                 if cfg.train.on_nonfinite == "raise":
                     raise NonFiniteError(msg)
                 log.error("%s; skipping the batch (config.train.on_nonfinite='skip')", msg)
-            if m["dropped_sites"].any():
-                log.warning("step %d: hierarchy dropped sites per level %s (raise "
-                            "config.sparse.level_fractions)", step, m["dropped_sites"].tolist())
+            if m["dropped_sites"].any() or m["dropped_pairs"].any():
+                msg = (f"step {step}: a crop needs more than the measured level capacities (sites over "
+                       f"capacity per level {m['dropped_sites'].tolist()}, 3x3x3 pairs over capacity "
+                       f"{m['dropped_pairs'].tolist()}; the update was not applied)")
+                rec.write({"event": "overflow", "step": step, "message": msg})
+                if cfg.sparse.on_overflow == "raise":
+                    raise ValueError(f"{msg}: raise config.sparse.capacity_margin (now "
+                                     f"{cfg.sparse.capacity_margin}) or config.sparse.sizing_crops and "
+                                     f"delete {workdir}/level_sizes_train.json, or set "
+                                     f"config.sparse.on_overflow=skip")
+                log.error("%s; skipping the batch (config.sparse.on_overflow='skip')", msg)
             window.append(float(m["loss"]))
             done = step + 1
             if done % cfg.train.log_every == 0 or done == steps:
@@ -285,11 +295,20 @@ def _variables(state):
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def eval_spec(run):
+    """Capacities that fit every validation row (measured once per work directory)."""
+    cfg = run.config
+    stats = setup.level_stats(run.workdir, "eval", lambda: setup.eval_crops(cfg))
+    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites, stats)
+    setup.log_padding(spec, stats, "eval")
+    return spec
+
+
 def evaluate_state(run, state):
     """Single-pass full-resolution validation of every `config.eval.datasets` split."""
     cfg = run.config
     if "eval" not in run.steps:
-        spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites)
+        spec = eval_spec(run)
         run.steps["eval"] = step_lib.make_eval_step(run.model, spec, len(run.conditions),
                                                     run.num_classes, run.mesh)
     eval_step = run.steps["eval"]
@@ -311,7 +330,7 @@ def test_state(run, state):
     if jax.process_count() > 1:
         raise NotImplementedError("--mode test runs on one process (voting gathers whole scenes)")
     cfg = run.config
-    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites)
+    spec = eval_spec(run)
     vote = step_lib.make_vote_step(run.model, spec, run.mesh)
     variables = _variables(state)
     results = {}

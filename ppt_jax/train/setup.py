@@ -5,8 +5,8 @@ default) -> text table -> PPT model -> sparse hierarchy spec -> optimizer -> sha
 """
 
 import dataclasses
+import json
 import logging
-import math
 import os
 from typing import Any
 
@@ -119,13 +119,61 @@ def build_model(config, table):
         dtype=DTYPES[m.dtype])
 
 
-def hierarchy_spec(config, num_sites):
-    """Static capacities per level: num_sites x `config.sparse.level_fractions` (see sparse docs)."""
-    fr = tuple(config.sparse.level_fractions)
-    if len(fr) != 5 or fr[0] != 1:
-        raise ValueError(f"config.sparse.level_fractions needs 5 entries starting with 1, got {fr}")
-    caps = tuple(max(8, int(math.ceil(num_sites * f))) for f in fr)
-    return sparse.HierarchySpec(capacities=caps, search_method=config.sparse.search_method)
+def hierarchy_spec(config, num_sites, stats=None):
+    """HierarchySpec for crops of `num_sites` sites, sized from measured level sizes (`level_stats`) with
+    `config.sparse.capacity_margin`, in the `config.sparse.conv_form`; without stats (shape-only uses,
+    e.g. initialising variables) every level holds `num_sites`."""
+    if stats is None:
+        return sparse.HierarchySpec(capacities=(int(num_sites),) * sparse.sizing.LEVELS,
+                                    search_method=config.sparse.search_method)
+    return sparse.sizing.spec_from_stats(stats, int(num_sites), form=config.sparse.conv_form,
+                                         margin=config.sparse.capacity_margin,
+                                         search_method=config.sparse.search_method)
+
+
+def train_crops(config):
+    """The first `config.sparse.sizing_crops` training crops, as the train step sees them (augmented)."""
+    from ppt_jax import data
+    batches, crops = data.train_dataset(config.data, 0, 1, start_step=0), []
+    while len(crops) < config.sparse.sizing_crops:
+        b = next(batches)
+        crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
+    return crops
+
+
+def eval_crops(config):
+    """Every validation row of every `config.eval.datasets` split (capacities must fit them all)."""
+    from ppt_jax import data
+    crops = []
+    for name in config.eval.datasets:
+        for b in data.eval_dataset(config.eval.val_dirs[name], name, config.data):
+            crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
+    return crops
+
+
+def level_stats(workdir, what, crops_fn):
+    """Sites and 3x3x3 pairs per level of sample crops (`sparse.sizing.measure`), measured once and kept in
+    <workdir>/level_sizes_<what>.json, so that a restarted or resumed run builds the same HierarchySpec
+    (and compiles the same step). Every process measures the same rows; process 0 writes the file."""
+    path = epath.Path(workdir) / f"level_sizes_{what}.json"
+    if path.exists():
+        return {k: np.asarray(v) for k, v in json.loads(path.read_text()).items()}
+    stats = sparse.sizing.measure(crops_fn())
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / (path.name + ".tmp")
+        tmp.write_text(json.dumps({k: v.tolist() for k, v in stats.items()}))
+        tmp.rename(path)
+    return stats
+
+
+def log_padding(spec, stats, what):
+    """One line per level: capacity, largest measured need and the padding it costs (goal < 10 %)."""
+    for r in sparse.sizing.padding_report(spec, stats):
+        log.info("%s level %d: %d sites (largest crop %d, padding %.0f%%)%s", what, r["level"], r["sites"],
+                 r["sites_needed"], 100 * r["site_waste"],
+                 f", {r['pairs']} pairs (largest {r['pairs_needed']}, padding {100 * r['pair_waste']:.0f}%)"
+                 if r["pairs"] else "")
 
 
 def condition_map(config):

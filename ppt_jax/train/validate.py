@@ -8,6 +8,7 @@ implement them (heads, adapters, optimizers, encoders...), so this file adds no 
 from ppt_jax import labels
 from ppt_jax.data import pipeline
 from ppt_jax.models import heads, spunet
+from ppt_jax import sparse
 from ppt_jax.sparse import hierarchy
 from ppt_jax.train import checkpoint, optim
 
@@ -89,10 +90,13 @@ def _text_and_sparse(c, out):
         out.append(f"config.text.template: must contain '[x]' (the class name), got "
                    f"{c.text.template!r}")
     _choice(out, "sparse.search_method", c.sparse.search_method, hierarchy.SEARCH_METHODS)
-    fr = tuple(c.sparse.level_fractions)
-    if len(fr) != 5 or fr[0] != 1 or any(not 0 < f <= 1 for f in fr):
-        out.append(f"config.sparse.level_fractions: needs 5 entries in (0, 1] starting with 1, "
-                   f"got {fr}")
+    _choice(out, "sparse.conv_form", c.sparse.conv_form, sparse.sizing.FORMS)
+    if not c.sparse.capacity_margin >= 1.0:
+        out.append(f"config.sparse.capacity_margin: must be >= 1 (capacity over the largest measured "
+                   f"crop), got {c.sparse.capacity_margin}")
+    _choice(out, "sparse.on_overflow", c.sparse.on_overflow, ("raise", "skip"))
+    if not c.sparse.sizing_crops >= 1:
+        out.append(f"config.sparse.sizing_crops: must be >= 1, got {c.sparse.sizing_crops}")
 
 
 def _data(c, out):
