@@ -110,3 +110,12 @@ def test_a_typo_in_one_shard_path_is_an_error_not_synthetic_data(tmp_path):
     assert str(err.value).startswith(f"config.data.train_dirs.ScanNet = "
                                      f"'{tmp_path}/shards/ScanNt/train': no shard manifest there")
     assert not (tmp_path / "work" / "synthetic").exists()
+
+
+def test_the_synthetic_default_refuses_an_object_storage_workdir(ram_dir):
+    from configs import tiny
+
+    with pytest.raises(ValueError, match=f"--workdir {ram_dir}/w: the embedded synthetic default is "
+                                         f"written with the local file system"):
+        setup.resolve_data(tiny.get_config(), f"{ram_dir}/w")
+    assert not os.path.exists("ram:")

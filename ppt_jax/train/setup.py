@@ -67,6 +67,11 @@ def resolve_data(config, workdir):
     if not config.synthetic.enabled:
         raise FileNotFoundError(f"no shards at {missing} (config.data.train_dirs / config.eval.val_dirs)"
                                 f" and config.synthetic.enabled is False: run data_prep first")
+    if "://" in str(workdir):
+        raise ValueError(f"--workdir {workdir}: the embedded synthetic default is written with the "
+                         f"local file system (data_prep); use a local --workdir, or shards from "
+                         f"data_prep in config.data.train_dirs / config.eval.val_dirs (missing: "
+                         f"{', '.join(missing)})")
     from data_prep import synthetic  # the embedded default only; real runs never import data_prep
     out = str(epath.Path(workdir) / "synthetic")
     log.warning("Configured shards not found: %s. Running the same recipe on synthetic "
