@@ -99,7 +99,7 @@ RUN_CONTROL = ("name", "train.log_every", "train.eval_every", "train.checkpoint_
                "train.allow_resume_changes", "eval.", "text.cache_dir", "text.allow_download",
                "data.num_parallel_calls", "data.prefetch", "data.eval_batch_size",
                "data.eval_num_sites", "data.eval_num_points", "data.test_batch_size",
-               "data.verify_sha256", "export.", "init.", "synthetic.workers")
+               "data.verify_sha256", "export.", "init.", "synthetic.workers", "sparse.on_overflow")
 
 
 def _flat(tree, prefix=""):
