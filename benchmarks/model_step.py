@@ -46,6 +46,17 @@ def load():
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def step_peak_rss_gib(fn):
+    """Peak resident memory (GiB) of this process while `fn` runs: Linux's VmHWM, reset first through
+    /proc/self/clear_refs (so compilation peaks before it do not count)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    with open("/proc/self/status") as f:
+        hwm = next(line for line in f if line.startswith("VmHWM"))
+    return int(hwm.split()[1]) / 2**20
+
+
 def text_table(seed=1):
     t = np.random.default_rng(seed).normal(size=(len(labels.UNION_NAMES), 512))
     return t / np.linalg.norm(t, axis=1, keepdims=True)
@@ -100,6 +111,7 @@ def main():
     ap.add_argument("--forms", default="dense,pairs")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--profile", action="store_true", help="per kind / level table from XLA's trace")
+    ap.add_argument("--peer", choices=["spconv"], help="time the same step in torch + spconv, in turns")
     ap.add_argument("--top", type=int, default=0, help="with --profile: also list the N longest instructions")
     ap.add_argument("--eval", action="store_true", help="eval forward and 13-view voting throughput")
     args = ap.parse_args()
@@ -127,13 +139,24 @@ def main():
                       compiled, holder, model, spec)
 
     forms = list(runs)
-    times = interleaved([runs[f][0] for f in forms] + [runs[f][1] for f in forms], args.runs)
+    fns = [runs[f][0] for f in forms] + [runs[f][1] for f in forms]
+    if args.peer:
+        from benchmarks import spconv_peer
+        peer_step, peer_eval, peer_params = spconv_peer.make_step(
+            batch["grid_coord"][0], batch["feat"][0], batch["segment"][0])
+        print(f"peer: torch + spconv SpUNet-v1m3 (benchmarks/spconv_peer.py), {peer_params:,} parameters, 1 thread")
+        fns.append(peer_step)
+    times = interleaved(fns, args.runs)
     for i, form in enumerate(forms):
         step_s, build_s = times[i], times[len(forms) + i]
+        rss = step_peak_rss_gib(runs[form][0])
         print(f"{form}: train step {step_s:.2f} s; kernel maps {build_s:.3f} s = {build_s / step_s:.1%} of the "
-              f"step; peak RSS so far {peak_rss_gb():.2f} GiB")
+              f"step; peak RSS during a step {rss:.2f} GiB (the whole process)")
     if len(forms) == 2:
         print(f"ratio {forms[1]} / {forms[0]}: {times[1] / times[0]:.2f}")
+    if args.peer:
+        print(f"spconv: train step {times[-1]:.2f} s; ratio ours / spconv: "
+              + ", ".join(f"{f} {times[i] / times[-1]:.2f}" for i, f in enumerate(forms)))
 
     if args.profile:
         for form in forms:
@@ -151,9 +174,10 @@ def main():
             variables = {"params": st.params, "batch_stats": st.batch_stats}
             fwd = jax.jit(lambda v, b: model.apply(
                 v, b["feat"], step_lib.build_hierarchies(b["grid_coord"], b["mask"], spec), b["condition"]))
-            (t_eval,) = interleaved([lambda: jax.block_until_ready(fwd(variables, batch))], args.runs)
-            print(f"{form}: eval forward (hierarchy included) {t_eval:.2f} s = "
-                  f"{args.sites / t_eval:,.0f} sites/s; 13-view voting of one fragment: {13 * t_eval:.1f} s")
+            evals = [lambda: jax.block_until_ready(fwd(variables, batch))] + ([peer_eval] if args.peer else [])
+            t_eval = interleaved(evals, args.runs)
+            print(f"{form}: eval forward (hierarchy included) {t_eval[0]:.2f} s = {args.sites / t_eval[0]:,.0f} "
+                  f"sites/s" + (f"; spconv {t_eval[1]:.2f} s, ratio {t_eval[0] / t_eval[1]:.2f}" if args.peer else ""))
     print(f"end: {load()}; peak RSS {peak_rss_gb():.2f} GiB")
 
 

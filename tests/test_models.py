@@ -342,9 +342,10 @@ def test_full_size_parameter_count():
 
 
 @pytest.mark.parametrize("group_size", [0, 2])
-def test_standardize_vjp_equals_autodiff_of_the_direct_formula(group_size):
-    """The closed-form BatchNorm backward of `norm.standardize` against autodiff through a direct
-    masked mean/variance, looped per (statistics group, condition); padding rows hold junk."""
+def test_normalize_vjp_equals_autodiff_of_the_direct_formula(group_size):
+    """The closed-form BatchNorm backward of `norm.normalize` (values and gradients in x, per-row scale
+    and shift) against autodiff through a direct two-pass masked mean/variance, looped per (statistics
+    group, condition); padding rows hold junk, the output is 0 there."""
     rng = np.random.default_rng(9)
     b, n, c = 4, 30, 5
     x = rng.normal(size=(b, n, c)).astype(np.float32) * 3 + 1
@@ -352,9 +353,11 @@ def test_standardize_vjp_equals_autodiff_of_the_direct_formula(group_size):
     x[~mask] = 1e3                                    # junk at padding must not matter
     cond = np.array([0, 2, 2, 2])
     onehot = jax.nn.one_hot(cond, 3, dtype=jnp.float32)
+    scale = rng.normal(size=(b, c)).astype(np.float32)
+    shift = rng.normal(size=(b, c)).astype(np.float32)
     ct = rng.normal(size=(b, n, c)).astype(np.float32)
 
-    def direct(x):
+    def direct(x, scale, shift):
         out = jnp.zeros_like(x)
         g = group_size or b
         for start in range(0, b, g):
@@ -366,12 +369,13 @@ def test_standardize_vjp_equals_autodiff_of_the_direct_formula(group_size):
                 cnt = m.sum()
                 mean = (x[rows] * m).sum((0, 1)) / cnt
                 var = (jnp.square(x[rows] - mean) * m).sum((0, 1)) / cnt
-                out = out.at[rows].set((x[rows] - mean) * jax.lax.rsqrt(var + 1e-3))
+                xhat = (x[rows] - mean) * jax.lax.rsqrt(var + 1e-3)
+                out = out.at[rows].set(xhat * scale[rows][:, None] + shift[rows][:, None])
         return jnp.where(mask[..., None], out, 0)
 
-    ours = lambda x: jnp.where(mask[..., None], norm.standardize(x, mask, onehot, group_size, 1e-3)[0], 0)
-    np.testing.assert_allclose(ours(x), direct(x), rtol=1e-5, atol=1e-5)
-    g_ours = jax.grad(lambda x: jnp.sum(ours(x) * ct))(x)
-    g_ref = jax.grad(lambda x: jnp.sum(direct(x) * ct))(x)
-    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-5)
-    assert np.all(np.asarray(g_ours)[~mask] == 0)
+    ours = lambda x, scale, shift: norm.normalize(x, mask, onehot, scale, shift, group_size, 1e-3)[0]
+    np.testing.assert_allclose(ours(x, scale, shift), direct(x, scale, shift), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * ct), (0, 1, 2))(x, scale, shift) for f in (ours, direct)]
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(grads[0][0])[~mask] == 0)

@@ -41,69 +41,70 @@ def _per_row(onehot, per_group, group_size):
     return jnp.einsum("gbd,gd...->gb...", oh, per_group).reshape(b, *per_group.shape[2:])
 
 
-def _masked_sum(m, x):
-    """sum over sites of m * x: (B, N) weights, (B, N, C) -> (B, C), as a matmul (multithreaded on CPU,
-    3x faster than XLA:CPU's reduction over the site axis)."""
-    return jnp.einsum("bn,bnc->bc", m, x, preferred_element_type=jnp.float32)
+def _row_sums(a, b):
+    """sum over sites of a * b per row and channel: (B, N, C) x (B, N, C) -> (B, C), written as a batched
+    contraction. XLA:CPU runs it 20-30x faster than the fused multiply-reduce of `jnp.sum(a * b, 1)`
+    (benchmarks/README.md); an elementwise pass over (B, N, C) costs about as much as all the reductions."""
+    return jnp.einsum("bnc,bnc->bc", a, b, preferred_element_type=jnp.float32)
 
 
-def masked_moments(x, mask, onehot, group_size):
-    """Two-pass masked mean/variance per (group, condition); also the whole-batch pooled ones.
+def _moments(xm, m, onehot, group_size):
+    """Per-row (mean, var) of its (group, condition) and the pooled per-condition (n, mean, var).
 
-    x (B, N, C) float32, mask (B, N) bool, onehot (B, D) float32.
-    Returns per-row (mean, var) (B, C) for normalising, and per-condition pooled
-    (count (D,), mean (D, C), biased var (D, C)) for the running statistics.
-    """
-    m = mask.astype(jnp.float32)
+    xm: x with padding rows zeroed. Sums and sums of squares (one pass, float32; variance clamped at 0):
+    post-conv activations have |mean| of the order of their std, where this loses no precision that matters
+    against the float64 reference (tests/test_models.py)."""
     count = _group_sums(onehot, m.sum(1), group_size)                          # (G, D)
-    total = _group_sums(onehot, _masked_sum(m, x), group_size)                 # (G, D, C)
-    mean = total / jnp.maximum(count, 1.0)[..., None]
-    mean_row = _per_row(onehot, mean, group_size)                              # (B, C)
-    sq = _group_sums(onehot, _masked_sum(m, jnp.square(x - mean_row[:, None])), group_size)
-    var_row = _per_row(onehot, sq / jnp.maximum(count, 1.0)[..., None], group_size)
-    # Pool the groups (parallel-variance formula) for the running statistics.
+    total = _group_sums(onehot, xm.sum(1), group_size)                         # (G, D, C)
+    sq = _group_sums(onehot, _row_sums(xm, xm), group_size)
+    cnt = jnp.maximum(count, 1.0)[..., None]
+    mean = total / cnt
+    var = jnp.maximum(sq / cnt - jnp.square(mean), 0.0)
     n = count.sum(0)                                                          # (D,)
-    pooled_mean = total.sum(0) / jnp.maximum(n, 1.0)[:, None]
-    pooled_sq = (sq + count[..., None] * jnp.square(mean - pooled_mean)).sum(0)
-    return (mean_row, var_row), (n, pooled_mean, pooled_sq / jnp.maximum(n, 1.0)[:, None])
+    denom = jnp.maximum(n, 1.0)[:, None]
+    pmean = total.sum(0) / denom
+    pvar = jnp.maximum(sq.sum(0) / denom - jnp.square(pmean), 0.0)
+    return _per_row(onehot, mean, group_size), _per_row(onehot, var, group_size), (n, pmean, pvar), cnt
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def standardize(x, mask, onehot, group_size, epsilon):
-    """Masked batch standardisation per (group, condition): ((x - mean) * rsqrt(var + eps), moments).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def normalize(x, mask, onehot, scale, shift, group_size, epsilon):
+    """Masked batch normalisation per (statistics group, condition) with per-row scale/shift (B, C):
+    y = (x - mean) * rsqrt(var + eps) * scale + shift at real sites, 0 at padding; also the pooled
+    per-condition (count, mean, biased var) for the running statistics (no gradient).
 
-    Its VJP is BatchNorm's closed form, dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    over the group's real sites, two masked matmul reductions and one pass, instead of autodiff through
-    both moment passes (the norms were the largest item of the step's profile). The moments are outputs
-    without gradient (they feed the running statistics)."""
-    return _standardize(x, mask, onehot, group_size, epsilon)[0]
-
-
-def _standardize(x, mask, onehot, group_size, epsilon):
-    (mean, var), pooled = masked_moments(x, mask, onehot, group_size)
-    rstd = jax.lax.rsqrt(var + epsilon)
-    xhat = (x - mean[:, None]) * rstd[:, None]
-    return (xhat, jax.tree_util.tree_map(jax.lax.stop_gradient, pooled)), rstd
+    The VJP is BatchNorm's closed form (dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    over the group's real sites), so a norm costs two elementwise passes forward and one backward, the
+    rest batched contractions; autodiff through the moments made the norms a third of the step."""
+    return _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon)[0]
 
 
-def _standardize_fwd(x, mask, onehot, group_size, epsilon):
-    out, rstd = _standardize(x, mask, onehot, group_size, epsilon)
-    return out, (out[0], rstd, mask, onehot)
-
-
-def _standardize_bwd(group_size, epsilon, res, cts):
-    xhat, rstd, mask, onehot = res
-    dxhat = cts[0]
+def _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon):
     m = mask.astype(jnp.float32)
-    count = jnp.maximum(_group_sums(onehot, m.sum(1), group_size), 1.0)[..., None]
-    mean_d = _per_row(onehot, _group_sums(onehot, _masked_sum(m, dxhat), group_size) / count, group_size)
-    mean_dx = _per_row(onehot, _group_sums(onehot, _masked_sum(m, dxhat * xhat), group_size) / count,
-                       group_size)
-    dx = rstd[:, None] * (dxhat - mean_d[:, None] - xhat * mean_dx[:, None])
-    return jnp.where(mask[..., None], dx, 0.0), None, None
+    xm = jnp.where(mask[..., None], x, 0.0)
+    mean, var, pooled, cnt = _moments(xm, m, onehot, group_size)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    alpha = rstd * scale
+    y = jnp.where(mask[..., None], x * alpha[:, None] + (shift - mean * alpha)[:, None], 0.0)
+    res = (xm, m, mask, onehot, mean, rstd, scale, cnt)
+    return (y, jax.tree_util.tree_map(jax.lax.stop_gradient, pooled)), res
 
 
-standardize.defvjp(_standardize_fwd, _standardize_bwd)
+def _normalize_bwd(group_size, epsilon, res, cts):
+    xm, m, mask, onehot, mean, rstd, scale, cnt = res
+    dy = cts[0]
+    s_dy = jnp.einsum("bnc,bn->bc", dy, m, preferred_element_type=jnp.float32)   # sum dy (real sites)
+    s_dyxhat = rstd * (_row_sums(dy, xm) - mean * s_dy)                           # sum dy * xhat
+    pool = lambda t: _per_row(onehot, _group_sums(onehot, t, group_size) / cnt, group_size)
+    mean_d, mean_dx = pool(s_dy * scale), pool(s_dyxhat * scale)                  # of dxhat = dy * scale
+    p = rstd * scale
+    q = -jnp.square(rstd) * mean_dx
+    r = -rstd * mean_d - mean * q
+    dx = jnp.where(mask[..., None], dy * p[:, None] + xm * q[:, None] + r[:, None], 0.0)
+    return dx, None, None, s_dyxhat, s_dy
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 class PDNorm(nn.Module):
@@ -134,18 +135,10 @@ class PDNorm(nn.Module):
         onehot = jax.nn.one_hot(cond, d, dtype=jnp.float32)                    # (B, D)
         xf = x.astype(jnp.float32)
         if train:
-            xhat, (n, pmean, pvar) = standardize(xf, mask, onehot, self.group_size, self.epsilon)
-            if not self.is_initializing():
-                seen = (n > 0)[:, None]
-                unbiased = pvar * (n / jnp.maximum(n - 1.0, 1.0))[:, None]
-                mom = self.momentum
-                ra_mean.value = jnp.where(seen, mom * ra_mean.value + (1 - mom) * pmean, ra_mean.value)
-                ra_var.value = jnp.where(seen, mom * ra_var.value + (1 - mom) * unbiased, ra_var.value)
-            base, a, b = xhat, onehot @ scale, onehot @ bias
+            a, b = onehot @ scale, onehot @ bias
         else:
             # Fold normalisation and affine into one per-row scale/shift (B, C).
             mean, var = onehot @ ra_mean.value, onehot @ ra_var.value
-            base = xf
             a = jax.lax.rsqrt(var + self.epsilon) * (onehot @ scale)
             b = (onehot @ bias) - mean * a
         if self.adaptive:
@@ -154,4 +147,13 @@ class PDNorm(nn.Module):
                            name="modulation")(nn.silu(context.astype(jnp.float32)))
             shift, gain = mod[:, :c], 1.0 + mod[:, c:]
             a, b = a * gain, b * gain + shift
-        return (base * a[:, None] + b[:, None]).astype(x.dtype)
+        if not train:
+            return jnp.where(mask[..., None], xf * a[:, None] + b[:, None], 0.0).astype(x.dtype)
+        y, (n, pmean, pvar) = normalize(xf, mask, onehot, a, b, self.group_size, self.epsilon)
+        if not self.is_initializing():
+            seen = (n > 0)[:, None]
+            unbiased = pvar * (n / jnp.maximum(n - 1.0, 1.0))[:, None]
+            mom = self.momentum
+            ra_mean.value = jnp.where(seen, mom * ra_mean.value + (1 - mom) * pmean, ra_mean.value)
+            ra_var.value = jnp.where(seen, mom * ra_var.value + (1 - mom) * unbiased, ra_var.value)
+        return y.astype(x.dtype)
