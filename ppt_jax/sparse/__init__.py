@@ -1,14 +1,15 @@
 """Sparse voxel engine in pure JAX: per-sample voxel hierarchies and spconv-compatible convolutions.
 
-    spec = HierarchySpec(capacities=(N0, N1, N2, N3, N4))
+    spec = sizing.spec_from_stats(sizing.measure(crops), N0)   # or HierarchySpec(capacities=..., ...)
     h = build_hierarchy(grid_coord, mask, spec)     # under jit; jax.vmap for batches
-    check_hierarchy(h)                              # host side: raises on dropped / out-of-bound sites
-    y = subm_conv(x, h, level, w); down_conv(...); up_conv(...)
+    check_hierarchy(h)                              # host side: raises on dropped sites / pairs, out of bound
+    y = subm_conv(x, h, level, w); down_conv(...); up_conv(...)   # (N, C) or batched (B, N, C)
 
-Errors on data cannot be raised inside jit: the hierarchy counts them (`dropped_sites`, `out_of_bound`)
-and `check_hierarchy` turns the counts into a ValueError naming the problem and the setting to change.
-Everything is deterministic: sorts are stable, scatters write unique indices, the convs' backward
-passes are gathers (no scatter-add), so outputs and gradients are bitwise reproducible.
+Errors on data cannot be raised inside jit: the hierarchy counts them (`dropped_sites`, `dropped_pairs`,
+`out_of_bound`) and `check_hierarchy` turns the counts into a ValueError naming the problem and the
+setting to change. Everything is deterministic: sorts are stable, scatters write unique indices, the
+dense form's backward passes are gathers and the pair form accumulates chunk by chunk in a fixed order
+into distinct rows, so outputs and gradients are bitwise reproducible.
 """
 
 from ppt_jax.sparse import pairs, sizing

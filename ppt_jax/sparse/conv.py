@@ -9,13 +9,8 @@ gathers and matmuls too: no scatter-add, hence bitwise deterministic on every ba
 cost about one forward pass. Products accumulate in float32 (`preferred_element_type`), also for
 bfloat16 inputs.
 
-Forms measured (benchmarks/sparse_conv.py --forms, 100k-site room surface, 3x3x3 32->32, shared 2-core
-CPU, fwd / fwd+bwd seconds): chunked gather + one (4096, 27C) @ (27C, D) matmul per chunk of sites,
-custom VJP 0.45 / 0.96 (kept); lax.scan over the 27 taps, gather + thin matmul each 0.81 / 1.73; einsum
-over the fully gathered (N, 27, C) block 1.35 / 2.44; spconv's algorithm (exact active pairs per tap,
-counts fixed on the host, segment_sum) 0.80 / 1.39, although it does 2.5x fewer products (10.9 of 27
-neighbours are active on a surface); the same with static-capacity pair tiles of 256 and a batched
-matmul + scatter-add, which shapes under jit would need, was 1.5-2.7x slower than the kept form.
+This module is the dense form (all 27 taps of every site); `pairs.py` is the exact-pair form of the 3x3x3
+submanifold conv that a HierarchySpec can select per level (benchmarks/README.md compares them).
 
 Padding rows of the input are never read; outputs at padding sites are exactly 0. Inputs must be finite at
 padding rows (a zero times inf would reach the weight gradient).
@@ -54,8 +49,7 @@ def _pad_zero_row(x):
 
 
 CHUNK = 4096
-"""Output sites per step of the tap conv's scan (CPU, 100k sites: 4096 beat 16384 by 1.5x; 1024-8192 were
-within the noise of a shared machine)."""
+"""Output sites per step of the tap conv's scan (measured on CPU: benchmarks/README.md)."""
 
 
 def _chunks(table, n_in):
