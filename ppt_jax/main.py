@@ -1,13 +1,16 @@
 """The main command: train, evaluate, test or export a PPT model.
 
     python -m ppt_jax.main --config=configs/joint.py [--config.train.steps=1000 ...]
-        [--workdir=runs/joint] [--mode=train|eval|test|export] [--checkpoint=best|latest]
+        [--workdir=runs/joint] [--mode=train|eval|test|export] [--checkpoint=best|latest|export]
 
 train   trains (resuming from the work directory's latest checkpoint), evaluates every dataset and
         prints the per-dataset table (also in <workdir>/results.txt).
 eval    single-pass full-resolution validation of a checkpoint (the reference's training-time val).
 test    the reference's test: 13 views x all grid-sampling fragments, softmax voting.
 export  writes the checkpoint's model variables + config JSON to <workdir>/export (config.export.part).
+
+--checkpoint=export evaluates (eval/test) the export at config.init.export_dir, with its model settings,
+e.g. an imported Pointcept checkpoint (python -m ppt_jax.models.pointcept_import).
 """
 
 import logging
@@ -27,7 +30,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/joint
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Work directory (default: runs/<config name>).")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-flags.DEFINE_enum("checkpoint", "best", ("best", "latest"), "Checkpoint for eval/test/export.")
+flags.DEFINE_enum("checkpoint", "best", ("best", "latest", "export"),
+                  "Checkpoint for eval/test/export; 'export' = config.init.export_dir.")
 flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: "
                   "$PPT_DISTRIBUTED).")
 FLAGS = flags.FLAGS

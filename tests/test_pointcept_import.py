@@ -5,6 +5,9 @@ loop, PDBatchNorm, BasicBlock, PPT-v1m1), not from our parameter tree; the numbe
 spconv's and Pointcept's own outputs (tests/data/pointcept_reference.npz) at the end."""
 
 import functools
+import json
+import os
+import types
 
 import numpy as np
 import jax
@@ -184,8 +187,6 @@ def test_bare_backbone_state_dict(small_import):
 
 @pytest.fixture(scope="module")
 def reference():
-    import json
-    import os
     with np.load(os.path.join(os.path.dirname(__file__), "data", "pointcept_reference.npz")) as f:
         ref = {k: f[k] for k in f.files}
     shapes = json.loads(str(ref.pop("model/state_keys")))
@@ -257,15 +258,35 @@ def test_single_convs_match_spconv_forward_and_backward(reference):
     _close(np.asarray(dw), pi.spconv_to_taps(ref["conv/up/dw"]), "up weight gradient")
 
 
-def _tiny_ppt(state, s3dis_order):
-    return models.PPT(labels.DATASETS, channels=(4,) * 8, layers=(1,) * 8, base_channels=4,
-                      context_channels=8, text_table=state["class_embedding"], s3dis_order=s3dis_order)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_imported_model_matches_pointcept(reference):
-    """Pointcept's PPT-v1m1 (eval mode) and the imported JAX model: same backbone features and
-    seg_logits for every condition on a 2-scene batch (with the S3DIS order the import path uses)."""
+@pytest.fixture(scope="module")
+def imported(reference, tmp_path_factory):
+    """The fixture's Pointcept state dict (saved under DDP names) through the user's import command."""
+    _, state = reference
+    root = tmp_path_factory.mktemp("import")
+    np.savez(root / "ppt.npz", **{f"module.{k}": v for k, v in state.items()})
+    return root / "ppt.npz", root / "export"
+
+
+def test_import_command_writes_an_export_that_predicts_what_pointcept_predicts(reference, imported, capsys):
+    """python -m ppt_jax.models.pointcept_import -> export -> the inference tool's Predictor: the same
+    backbone features and seg_logits as Pointcept's PPT-v1m1 (eval mode), every condition, 2 scenes."""
+    from ppt_jax import predict
     ref, state = reference
+    npz, out = imported
+    assert pi.main(["--checkpoint", str(npz), "--out", str(out),
+                    "--config", os.path.join(REPO, "configs", "tiny.py")]) == 0
+    printed = capsys.readouterr().out
+    assert "model.s3dis_order='code_faithful' (the reference's order" in printed
+    assert "data.color_norm='unit' (color / 255, Pointcept >= v1.6.0" in printed
+    assert "channels (4, 4, 4, 4, 4, 4, 4, 4), layers (1, 1, 1, 1, 1, 1, 1, 1), base 4" in printed
+
+    predictor = predict.Predictor(str(out))       # the text table comes from the export's cache
+    model, variables = predictor.model, predictor.variables
+    assert model.s3dis_order == pi.S3DIS_ORDER
+    np.testing.assert_array_equal(np.asarray(model.text_table, np.float32), state["class_embedding"])
     offset = ref["model/offset"]
     idx = np.concatenate([np.full((e - s, 1), b) for b, (s, e) in enumerate(zip((0, *offset[:-1]), offset))])
     idx = np.concatenate([idx, ref["model/grid_coord"]], 1)
@@ -274,19 +295,55 @@ def test_imported_model_matches_pointcept(reference):
     feat, _ = _per_sample(idx, ref["model/feat"], n)
     spec = sparse.HierarchySpec(capacities=(n,) * 5)
     h = jax.jit(jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec)))(coords, mask)
-    model = _tiny_ppt(state, pi.S3DIS_ORDER)
-    tmpl = jax.eval_shape(model.init, jax.random.PRNGKey(0), feat, h, jnp.zeros(2, jnp.int32))
-    variables, report = pi.convert(state, tmpl, labels.DATASETS)
-    assert report.unused_keys == [] and report.logit_scale == pytest.approx(100.0)
     backbone = jax.jit(functools.partial(model.apply, method=models.PPT.features))
-    head = lambda m: jax.jit(functools.partial(m.apply, method=lambda mod, f, c: mod.seg_head(f, c)))
-    for d, name in enumerate(labels.DATASETS):
-        cond = jnp.full(2, d, jnp.int32)
+    head = jax.jit(lambda m, v, f, c: m.apply(v, f, c, method=lambda mod, f, c: mod.seg_head(f, c)),
+                   static_argnums=0)
+    for name in model.conditions:
+        cond = jnp.full(2, predictor.condition(name)[1], jnp.int32)
         feats = backbone(variables, feat, h, cond)
         _close(np.asarray(feats)[mask], ref[f"model/{name}/backbone"], f"{name} backbone")
-        logits = np.asarray(head(model)(variables, feats, cond))[mask][:, :labels.num_classes(name)]
+        logits = np.asarray(head(model, variables, feats, cond))[mask][:, :labels.num_classes(name)]
         _close(logits, ref[f"model/{name}/seg_logits"], f"{name} seg_logits")
         np.testing.assert_array_equal(logits.argmax(1), ref[f"model/{name}/seg_logits"].argmax(1))
         if name == labels.S3DIS:  # the model's default order does not predict what the reference does
-            other = np.asarray(head(_tiny_ppt(state, "intended"))(variables, feats, cond))[mask]
+            other = np.asarray(head(model.clone(s3dis_order="intended"), variables, feats, cond))[mask]
             assert np.mean(other[:, :13].argmax(1) != logits.argmax(1)) > 0.5
+
+
+def test_import_choices_and_refusals(imported, tmp_path, capsys):
+    npz, _ = imported
+    config = os.path.join(REPO, "configs", "tiny.py")
+    out = tmp_path / "legacy"
+    assert pi.main(["--checkpoint", str(npz), "--out", str(out), "--config", config,
+                    "--s3dis_order", "intended", "--color_norm", "legacy"]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT the reference's order: S3DIS predictions will differ" in printed
+    assert "data.color_norm='legacy' (color / 127.5 - 1, Pointcept < v1.6.0)" in printed
+    assert "--config.model.s3dis_order=intended --config.data.color_norm=legacy" in printed
+    saved = json.load(open(out / "config.json"))["config"]
+    assert saved["model"]["s3dis_order"] == "intended" and saved["data"]["color_norm"] == "legacy"
+    for args, message in [(["--checkpoint", str(tmp_path / "nowhere.npz")], "no Pointcept checkpoint at"),
+                          (["--checkpoint", str(tmp_path / "x.pth")], "reading .pth needs torch"),
+                          (["--checkpoint", str(npz), "--config", str(tmp_path / "c.py")], "no such config file")]:
+        if args[1].endswith(".pth"):
+            open(args[1], "wb").close()
+        assert pi.main([*args, "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    state = dict(np.load(npz))
+    state["module.backbone.extra.weight"] = np.zeros(3, np.float32)
+    np.savez(tmp_path / "extra.npz", **state)
+    assert pi.main(["--checkpoint", str(tmp_path / "extra.npz"), "--out", str(tmp_path / "o"),
+                    "--config", config]) == 2
+    assert "1 tensors have no place in the model" in capsys.readouterr().err
+
+
+def test_finetune_from_an_import_refuses_other_settings(imported):
+    """A fine-tune run with the defaults (intended order) from a code_faithful import: one message."""
+    from configs import finetune
+    from ppt_jax.train import loop
+    _, out = imported
+    config = finetune.get_config("tiny")
+    config.init.export_dir = str(out)
+    with pytest.raises(ValueError, match="config.model.s3dis_order: export 'code_faithful', this run "
+                                         "'intended'.*--config.model.s3dis_order=code_faithful"):
+        loop._load_init(types.SimpleNamespace(config=config), {})

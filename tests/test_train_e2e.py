@@ -148,6 +148,37 @@ def test_export_then_finetune_loads_and_trains(root):
     assert all(np.isfinite(r["last_loss"]) for r in _records(root / "F", "train"))
 
 
+def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
+    """A Pointcept-layout state dict (tiny widths) -> pointcept_import -> its export evaluated with
+    --checkpoint=export and fine-tuned from. Its class table is run A's, and its S3DIS order the
+    tiny config's, so the XLA programs are those of run B (compile cache hits)."""
+    import glob
+
+    import test_pointcept_import as tpi
+    cache = root / "xla_cache"
+    state = tpi.random_state(tpi.reference_shapes(**tpi.SMALL, context=8, text_dim=384))
+    (table,) = glob.glob(str(root / "A" / "text" / "text_embeddings" / "*.npy"))
+    state["module.class_embedding"] = np.load(table)
+    np.savez(root / "pointcept.npz", **state)
+    export = root / "I" / "export"
+    cmd = [sys.executable, "-m", "ppt_jax.models.pointcept_import", "--checkpoint", str(root / "pointcept.npz"),
+           "--out", str(export), "--config", "configs/tiny.py", "--s3dis_order", "intended"]
+    out = subprocess.run(cmd, cwd=REPO, env=_env(cache, 1), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(full model)" in out.stdout and "model.s3dis_order='intended' (NOT the reference's" in out.stdout
+    out = _main(cache, 1, root / "I", *_data_flags(root), f"--config.init.export_dir={export}",
+                "--checkpoint=export", mode="eval")
+    assert f"single-pass val of the export {export}" in out
+    for name in DATASETS:
+        assert name in out
+    flags = [f"--config.init.export_dir={export}", "--config.train.steps=2",
+             f"--config.data.train_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'train'}",
+             f"--config.eval.val_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'val'}"]
+    _main(cache, 1, root / "IF", *flags, config="configs/finetune.py:tiny")
+    assert _records(root / "IF", "start")[0]["init_arrays_loaded"] > 0
+    assert list(_records(root / "IF", "final")[0]["results"]) == ["ScanNet"]
+
+
 NAN_PROBE = """
 import sys
 import jax, numpy as np

@@ -1,8 +1,19 @@
 """Import Pointcept SpUNet-v1m3 / PPT-v1m1 (and PPT-v1m2 decoupled-head) weights into `PPT` variables.
 
+    python -m ppt_jax.models.pointcept_import --checkpoint model_best.pth --out runs/pointcept/export \
+        [--config configs/joint.py] [--color_norm unit|legacy] [--s3dis_order code_faithful|intended]
+
+writes an export (the same files as `python -m ppt_jax.main --mode export`) that `ppt_jax.predict`,
+`configs/finetune.py` (config.init.export_dir) and `--mode eval|test --checkpoint=export` load. The
+architecture (widths, depths, norms, head) is read from the checkpoint; data, sparse and text settings
+come from `--config`. The export also holds the checkpoint's own CLIP table (`class_embedding`) in
+its text cache, so no text encoder runs. Defaults: the reference's S3DIS column order
+(`S3DIS_ORDER`) and `color_norm="unit"` (Pointcept >= v1.6.0; `legacy` for checkpoints trained
+before it); the printed report says which were used (docs/model.md, "Importing Pointcept weights").
+
 Reads a state dict as a `.npz` of numpy arrays (no torch needed) or a `.pth` checkpoint (only if
 torch is importable); `checkpoint["state_dict"]` is unwrapped and the DDP `module.` prefix stripped.
-A bare SpUNet-v1m3 state dict (no `backbone.` prefix) is treated as the backbone.
+A bare SpUNet-v1m3 state dict (no `backbone.` prefix) is treated as the backbone (a `backbone` export).
 
 Every target leaf of the template variables is filled from named source keys:
 - spconv weights (out, kx, ky, kz, in) -> (k**3, in, out) taps (design.md §2), except k = 1 convs,
@@ -16,9 +27,11 @@ Every source key is used at most once, shapes are checked, unused keys are repor
 `class_embedding` buffer (the reference's CLIP table) and `exp(logit_scale)` are returned in the report.
 """
 
+import argparse
 import dataclasses
 import os
 import re
+import sys
 
 import numpy as np
 from flax import traverse_util
@@ -190,3 +203,176 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
         if "class_embedding" in src else None,
         logit_scale=float(np.exp(src.state["logit_scale"])) if "logit_scale" in src else None)
     return out, report
+
+
+def _block_count(state, part, stage):
+    names = {k.split(".")[3] for k in state if k.startswith(f"backbone.{part}.{stage}.block")}
+    return len(names)
+
+
+def infer_model(state):
+    """`config.model` fields of the checkpoint's SpUNet-v1m3 / PPT architecture, and the export part.
+
+    SpUNetBase builds down[s] with channels[s] outputs and up[s] with channels[7 - s]; enc[s] holds
+    layers[s] blocks and dec[s] layers[7 - s]. Raises ValueError naming the first key it lacks.
+    """
+    state = normalize_keys(state)
+
+    def shape(key):
+        if key not in state:
+            raise ValueError(f"not a SpUNet-v1m3 / PPT-v1m1 state dict: no {key!r}")
+        return state[key].shape
+
+    stem = shape("backbone.conv_input.conv.weight")
+    if len(stem) != 5 or stem[-1] != 6:
+        raise ValueError(f"backbone.conv_input.conv.weight has shape {stem}: expected (C, 5, 5, 5, 6) "
+                         f"(colour + normal input)")
+    if "backbone.down.4.conv.weight" in state:
+        raise ValueError("the backbone has more than 4 stages; this SpUNet has 4")
+    down = [shape(f"backbone.down.{s}.conv.weight")[0] for s in range(4)]
+    up = [shape(f"backbone.up.{s}.conv.weight")[0] for s in range(4)]
+    fields = {"channels": tuple(down) + tuple(reversed(up)),
+              "layers": tuple(_block_count(state, "enc", s) for s in range(4))
+              + tuple(_block_count(state, "dec", s) for s in reversed(range(4))),
+              "base_channels": int(stem[0]), "adapter": "pdnorm",
+              "norm_decouple": "backbone.conv_input.bn.bns.0.weight" in state,
+              "norm_adaptive": "backbone.conv_input.bn.modulation.1.weight" in state}
+    if fields["norm_adaptive"]:
+        fields["context_channels"] = int(shape("backbone.conv_input.bn.modulation.1.weight")[1])
+    elif "embedding_table.weight" in state:
+        fields["context_channels"] = int(shape("embedding_table.weight")[1])
+    prompts = state["embedding_table.weight"].shape[0] if "embedding_table.weight" in state else 0
+    norms = sum(1 for k in state if re.fullmatch(r"backbone\.conv_input\.bn\.bns\.\d+\.weight", k))
+    for what, count, order in (("embedding_table", prompts, REF_PPT_CONDITIONS),
+                               ("backbone.conv_input.bn.bns", norms, REF_BACKBONE_CONDITIONS)):
+        if count and count != len(order):
+            raise ValueError(f"{what}: {count} datasets; the reference's configs have {len(order)} "
+                             f"{order}, the orders this importer maps by name")
+    if "proj_head.weight" in state:
+        fields["head"] = "language"
+    elif "seg_heads.0.weight" in state:
+        fields["head"] = "decoupled"
+    part = "full" if "head" in fields else "backbone"
+    return fields, part
+
+
+def _load_config(path):
+    """get_config() of a config file (as `--config` of ppt_jax.main; run from the repository root)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_config", path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"--config {path}: no such config file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, color_norm=None):
+    """Checkpoint -> export at `out_dir` (via the trainer's export writer); returns (report lines, part).
+
+    `config` supplies the data, sparse and text settings; its model fields are replaced by the
+    checkpoint's architecture, `model.s3dis_order` by `s3dis_order`, and `data.color_norm` by
+    `color_norm` (None keeps the config's).
+    """
+    import jax
+    import ml_collections
+
+    from ppt_jax import labels, text
+    from ppt_jax.text import cache, table
+    from ppt_jax.train import checkpoint as ckpt, setup
+
+    state = load_state_dict(checkpoint)
+    fields, part = infer_model(state)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.update(fields)
+    config.model.s3dis_order = s3dis_order
+    if color_norm is not None:
+        config.data.color_norm = color_norm
+    config.init.export_dir = ""
+    names = tuple(config.model.conditions)
+    text_table = None
+    if config.model.head == "language":
+        if "class_embedding" not in state:
+            raise ValueError(f"{checkpoint}: a language-guided head without its class_embedding buffer")
+        text_table = np.asarray(state["class_embedding"], np.float32)
+        norms = np.linalg.norm(text_table, axis=-1) if text_table.ndim == 2 else None
+        if norms is None or text_table.shape[0] != len(labels.UNION_NAMES) or not np.allclose(norms, 1, atol=1e-4):
+            raise ValueError(f"{checkpoint}: class_embedding {text_table.shape} is not "
+                             f"{len(labels.UNION_NAMES)} unit rows (the reference's CLIP table)")
+        # The checkpoint's table, cached under the spec the export's config asks for: no encoder runs.
+        config.text.update(encoder="clip", model_path="", template="[x]", fallback="", cache_dir="")
+        spec = table.table_spec("clip", labels.UNION_NAMES, "[x]", None)
+        cache.save(os.path.join(out_dir, "text"), spec, text_table,
+                   {"label": "class_embedding of the Pointcept checkpoint", "source": os.path.abspath(checkpoint),
+                    "dim": int(text_table.shape[1]), "bpe_path": None})
+    shapes = ml_collections.ConfigDict(config.to_dict())
+    if part == "backbone":
+        shapes.model.head = "decoupled"       # any head: only the backbone is exported
+    model = setup.build_model(shapes, text_table)
+    template = jax.eval_shape(lambda: setup.init_variables(model, shapes, config.seed))
+    if part == "backbone":
+        template = {k: {"backbone": v["backbone"]} for k, v in template.items()}
+    variables, report = convert(state, template, names)
+    if report.unused_keys:
+        raise ValueError(f"{checkpoint}: {len(report.unused_keys)} tensors have no place in the model "
+                         f"{fields} (first: {report.unused_keys[:3]}): not this architecture")
+    if report.logit_scale is not None and not np.isclose(report.logit_scale, model.logit_scale, rtol=1e-5):
+        raise ValueError(f"{checkpoint}: exp(logit_scale) = {report.logit_scale:.6g}, the model's is "
+                         f"{model.logit_scale} (frozen in every reference config)")
+    ckpt.export(out_dir, variables, config.to_dict(), part=part)
+    m = config.model
+    lines = [
+        f"{checkpoint}: {report.used_keys} tensors -> {report.filled} arrays ({part} model), "
+        f"{len(report.skipped_keys)} BN counters skipped",
+        f"architecture: channels {m.channels}, layers {m.layers}, base {m.base_channels}, "
+        f"context {m.get('context_channels')}, head {m.head}, norm decouple {m.norm_decouple} "
+        f"adaptive {m.norm_adaptive}; conditions {names}",
+        f"S3DIS columns: model.s3dis_order={s3dis_order!r}"
+        + (" (the reference's order: predictions match it)" if s3dis_order == S3DIS_ORDER else
+           " (NOT the reference's order: S3DIS predictions will differ from the checkpoint's)"),
+        f"colour input: data.color_norm={config.data.color_norm!r} ("
+        + ("color / 255, Pointcept >= v1.6.0; use --color_norm legacy for checkpoints trained before "
+           "2025-03-21" if config.data.color_norm == "unit" else "color / 127.5 - 1, Pointcept < v1.6.0") + ")",
+        f"text table: " + ("the checkpoint's class_embedding " + str(text_table.shape) + f", logit scale "
+                           f"{report.logit_scale:.6g}" if text_table is not None else "none (no language head)"),
+        f"export written to {os.path.abspath(out_dir)}",
+    ]
+    return lines, part
+
+
+def main(argv=None):
+    from ppt_jax.data import pipeline
+    from ppt_jax import labels
+
+    p = argparse.ArgumentParser(prog="python -m ppt_jax.models.pointcept_import",
+                                description="Pointcept SpUNet-v1m3 / PPT checkpoint -> ppt_jax export")
+    p.add_argument("--checkpoint", required=True, help="Pointcept .pth (needs torch) or .npz state dict")
+    p.add_argument("--out", required=True, help="export directory to write")
+    p.add_argument("--config", default="configs/joint.py",
+                   help="config file for the data, sparse and text settings (default: the reference recipe)")
+    p.add_argument("--s3dis_order", default=S3DIS_ORDER, choices=labels.S3DIS_ORDERS,
+                   help="S3DIS label -> text row order (default: the reference's, as trained)")
+    p.add_argument("--color_norm", choices=tuple(pipeline.COLOR_NORMS),
+                   help="colour input: unit (Pointcept >= v1.6.0) or legacy (before); default: the config's")
+    args = p.parse_args(argv)
+    try:
+        config = _load_config(args.config)
+        color_norm = args.color_norm or config.data.color_norm
+        lines, part = import_checkpoint(args.checkpoint, args.out, config, args.s3dis_order, color_norm)
+    except (OSError, ImportError, KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    out = os.path.abspath(args.out)
+    if part == "full":
+        print(f"predict:   python -m ppt_jax.predict --checkpoint {out} --dataset scannet --input X.ply --out DIR")
+        print(f"evaluate:  python -m ppt_jax.main --config={args.config} --mode=test --checkpoint=export "
+              f"--config.init.export_dir={out}")
+    print(f"fine-tune: python -m ppt_jax.main --config=configs/finetune.py --config.init.export_dir={out} "
+          f"--config.model.s3dis_order={args.s3dis_order} --config.data.color_norm={color_norm}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from etils import epath
@@ -133,9 +134,27 @@ def _nonfinite_message(step, m, names):
             f"(state kept at step {step})")
 
 
+# Settings an export's weights were made for that its arrays' shapes do not show.
+EXPORT_SETTINGS = (("model", "s3dis_order"), ("data", "color_norm"))
+
+
+def _export_setting(config, section, name):
+    defaults = {"color_norm": data.pipeline.DEFAULT_COLOR_NORM}   # exports older than the field
+    return config[section].get(name, defaults.get(name))
+
+
 def _load_init(run, variables):
     """Overwrite fresh variables with an exported model (config.init.export_dir), path by path."""
     exported, meta = checkpoint.load_export(run.config.init.export_dir)
+    saved_config = ml_collections.ConfigDict(meta["config"])
+    differ = [f"config.{sec}.{name}: export {_export_setting(saved_config, sec, name)!r}, this run "
+              f"{_export_setting(run.config, sec, name)!r}" for sec, name in EXPORT_SETTINGS
+              if _export_setting(saved_config, sec, name) != _export_setting(run.config, sec, name)]
+    if differ:
+        raise ValueError(f"config.init.export_dir {run.config.init.export_dir} was made for other "
+                         f"settings ({'; '.join(differ)}): set them to the export's values, e.g. "
+                         + " ".join(f"--config.{sec}.{name}={_export_setting(saved_config, sec, name)}"
+                                    for sec, name in EXPORT_SETTINGS))
     fresh = traverse_util.flatten_dict(variables, sep="/")
     saved = traverse_util.flatten_dict(exported, sep="/")
     unknown = sorted(set(saved) - set(fresh))
@@ -354,11 +373,36 @@ def _bucket(n):
     return 1 << max(10, int(np.ceil(np.log2(max(n, 1)))))
 
 
+def _with_export_model(config):
+    """The config with the model, text and EXPORT_SETTINGS of config.init.export_dir
+    (`--checkpoint=export`): the export's weights with the table and inputs they were made for."""
+    if not config.init.export_dir:
+        raise ValueError("--checkpoint=export evaluates config.init.export_dir: set it")
+    _, meta = checkpoint.load_export(config.init.export_dir)
+    if meta["part"] != "full":
+        raise ValueError(f"config.init.export_dir {config.init.export_dir}: a '{meta['part']}' export "
+                         f"has no head to evaluate (fine-tune it first)")
+    saved = ml_collections.ConfigDict(meta["config"])
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model, config.text = saved.model, saved.text
+    for section, name in EXPORT_SETTINGS:
+        config[section][name] = _export_setting(saved, section, name)
+    if "model" in config.synthetic.overrides:        # the export's model, also on synthetic data
+        del config.synthetic.overrides["model"]
+    return config
+
+
 def restore_for_eval(config, workdir, which):
+    """(run, state) of the work directory's `which` checkpoint, or of config.init.export_dir."""
+    if which == "export":
+        config = _with_export_model(config)
     run = prepare(config, workdir)
     tx, _ = optim.make_optimizer(run.config.optim, setup.total_steps(run.config))
-    state = setup.new_state(setup.init_variables(run.model, run.config, run.config.seed), tx,
-                            run.config.seed, run.mesh)
+    variables = setup.init_variables(run.model, run.config, run.config.seed)
+    if which == "export":
+        variables, _ = _load_init(run, variables)
+        return run, setup.new_state(variables, tx, run.config.seed, run.mesh)
+    state = setup.new_state(variables, tx, run.config.seed, run.mesh)
     ckpts = checkpoint.Checkpoints(workdir)
     restored = ckpts.restore(state, which=which)
     ckpts.close()
@@ -370,8 +414,9 @@ def restore_for_eval(config, workdir, which):
 def evaluate(config, workdir, which="best", test=False):
     run, state = restore_for_eval(config, workdir, which)
     results = test_state(run, state) if test else evaluate_state(run, state)
-    what = (f"{'13-view test' if test else 'single-pass val'} of the {which} checkpoint "
-            f"(step {int(state.step)})")
+    source = (f"export {run.config.init.export_dir}" if which == "export" else
+              f"{which} checkpoint (step {int(state.step)})")
+    what = f"{'13-view test' if test else 'single-pass val'} of the {source}"
     _final_table(run, results, what)
     return results
 

@@ -86,6 +86,13 @@ def resolve_data(config, workdir):
     return config, True
 
 
+def _export_text_dir(config):
+    """`<config.init.export_dir>/text` when that export carries a text table (an imported checkpoint's
+    own CLIP table, models/pointcept_import.py): the model is then fed the table it was trained with."""
+    path = epath.Path(config.init.export_dir) / "text" if config.init.export_dir else None
+    return str(path) if path is not None and path.is_dir() else ""
+
+
 def text_table(config, workdir):
     """(table or None, info dict). CLIP unavailable -> the configured fallback encoder, said loudly."""
     t = config.text
@@ -96,7 +103,7 @@ def text_table(config, workdir):
         # Read before huggingface_hub is first imported (ppt_jax.text imports it lazily).
         os.environ["HF_HUB_OFFLINE"] = "1"
     kwargs = dict(names=labels.UNION_NAMES, template=t.template,
-                  cache_dir=t.cache_dir or str(epath.Path(workdir) / "text"))
+                  cache_dir=t.cache_dir or _export_text_dir(config) or str(epath.Path(workdir) / "text"))
     try:
         table = text.class_embeddings(t.encoder, model_path=t.model_path or None,
                                       bpe_path=t.bpe_path or None, **kwargs)
