@@ -335,6 +335,7 @@ def test_import_choices_and_refusals(imported, tmp_path, capsys):
     assert pi.main(["--checkpoint", str(tmp_path / "extra.npz"), "--out", str(tmp_path / "o"),
                     "--config", config]) == 2
     assert "1 tensors have no place in the model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()          # a refused import writes nothing
 
 
 def test_finetune_from_an_import_refuses_other_settings(imported):

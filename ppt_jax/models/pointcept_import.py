@@ -278,7 +278,7 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
     import jax
     import ml_collections
 
-    from ppt_jax import labels, text
+    from ppt_jax import labels
     from ppt_jax.text import cache, table
     from ppt_jax.train import checkpoint as ckpt, setup
 
@@ -300,12 +300,7 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
         if norms is None or text_table.shape[0] != len(labels.UNION_NAMES) or not np.allclose(norms, 1, atol=1e-4):
             raise ValueError(f"{checkpoint}: class_embedding {text_table.shape} is not "
                              f"{len(labels.UNION_NAMES)} unit rows (the reference's CLIP table)")
-        # The checkpoint's table, cached under the spec the export's config asks for: no encoder runs.
         config.text.update(encoder="clip", model_path="", template="[x]", fallback="", cache_dir="")
-        spec = table.table_spec("clip", labels.UNION_NAMES, "[x]", None)
-        cache.save(os.path.join(out_dir, "text"), spec, text_table,
-                   {"label": "class_embedding of the Pointcept checkpoint", "source": os.path.abspath(checkpoint),
-                    "dim": int(text_table.shape[1]), "bpe_path": None})
     shapes = ml_collections.ConfigDict(config.to_dict())
     if part == "backbone":
         shapes.model.head = "decoupled"       # any head: only the backbone is exported
@@ -321,6 +316,12 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
         raise ValueError(f"{checkpoint}: exp(logit_scale) = {report.logit_scale:.6g}, the model's is "
                          f"{model.logit_scale} (frozen in every reference config)")
     ckpt.export(out_dir, variables, config.to_dict(), part=part)
+    if text_table is not None:
+        # The checkpoint's table, cached under the spec the export's config asks for: no encoder runs.
+        spec = table.table_spec("clip", labels.UNION_NAMES, "[x]", None)
+        cache.save(os.path.join(out_dir, "text"), spec, text_table,
+                   {"label": "class_embedding of the Pointcept checkpoint", "source": os.path.abspath(checkpoint),
+                    "dim": int(text_table.shape[1]), "bpe_path": None})
     m = config.model
     lines = [
         f"{checkpoint}: {report.used_keys} tensors -> {report.filled} arrays ({part} model), "
