@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from ppt_jax import labels
-from ppt_jax.models import inits
+from ppt_jax.models import inits, lovasz
 
 HEADS = ("language", "decoupled", "unionized")
+CRITERIA = ("cross_entropy", "lovasz")
 MASKED = -1e9
 
 
@@ -103,12 +104,28 @@ class LanguageHead(nn.Module):
         return _mask_columns(logits, self.conditions, condition)
 
 
-def segmentation_loss(logits, segment):
-    """Mean softmax cross-entropy over labelled sites (segment >= 0), float32.
+def segmentation_loss(logits, segment, condition=None, criteria=("cross_entropy",), num_conditions=1):
+    """Sum of the `criteria` (each of weight 1, as the reference's criteria lists), float32.
 
-    Invalid columns already hold MASKED, so the softmax runs over the sample's own classes; padded
-    sites carry segment -1 (design.md §1). Returns 0 when no site is labelled.
+    "cross_entropy": mean softmax cross-entropy over labelled sites (segment >= 0). Invalid columns
+    already hold MASKED, so the softmax runs over the sample's own classes; padded sites carry segment
+    -1 (design.md §1). Returns 0 when no site is labelled. "lovasz": `lovasz.lovasz_softmax` (needs
+    `condition` (B,) and `num_conditions`).
     """
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown or not criteria:
+        raise ValueError(f"model.criteria must be a non-empty tuple of {CRITERIA}, got {criteria!r}")
+    total = 0.0
+    for name in criteria:
+        if name == "cross_entropy":
+            total = total + cross_entropy(logits, segment)
+        else:
+            total = total + lovasz.lovasz_softmax(logits, segment, condition, num_conditions)
+    return total
+
+
+def cross_entropy(logits, segment):
+    """Mean softmax cross-entropy over labelled sites (segment >= 0), float32."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     labelled = segment >= 0
     nll = -jnp.take_along_axis(logp, jnp.maximum(segment, 0)[..., None], axis=-1)[..., 0]

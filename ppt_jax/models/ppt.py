@@ -52,6 +52,7 @@ class PPT(nn.Module):
     text_table: Optional[Any] = None     # (36, D) numpy, unit rows; required by the language head
     s3dis_order: str = "intended"
     logit_scale: float = 100.0
+    criteria: tuple = ("cross_entropy",)  # the training loss: heads.segmentation_loss
     dtype: Any = jnp.float32
 
     def __post_init__(self):

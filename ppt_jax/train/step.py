@@ -47,7 +47,9 @@ def make_train_step(model, tx, lr_fn, spec, num_datasets, mesh):
                 train=True, mutable=["batch_stats"], rngs={"dropout": rng})
             segment = jnp.where(batch["mask"], batch["segment"], -1)
             with jax.named_scope("loss"):
-                return models.segmentation_loss(logits, segment), updates["batch_stats"]
+                loss = models.segmentation_loss(logits, segment, cond, model.criteria,
+                                                len(model.conditions))
+                return loss, updates["batch_stats"]
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         with jax.named_scope("optimizer"):  # profile scopes: benchmarks/step_profile.py
