@@ -31,6 +31,7 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
 
     c.model = ml_collections.ConfigDict()
     c.model.conditions = tuple(datasets)       # prompts / per-dataset BN / head, matched by name
+    c.model.backbone = "spunet"        # or "ptv3" (configs/joint_ptv3.py); the SpUNet fields follow
     c.model.channels = (32, 64, 128, 256, 256, 128, 96, 96)
     c.model.layers = (2, 3, 4, 6, 2, 2, 2, 2)
     c.model.base_channels = 32
@@ -43,6 +44,8 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.model.head = "language"          # ablation: "decoupled" | "unionized" | "language"
     c.model.s3dis_order = "intended"   # or "code_faithful" (labels.valid_index)
     c.model.dtype = "float32"          # "bfloat16": bf16 compute, f32 master weights and loss
+    c.model.criteria = ("cross_entropy",)   # summed; "lovasz" adds the Lovasz-softmax loss
+    c.model.ptv3 = ml_collections.ConfigDict()   # PTv3 fields (ppt_jax.models.ptv3.defaults()) for backbone="ptv3"
 
     c.sparse = ml_collections.ConfigDict()
     c.sparse.conv_form = "pairs"       # 3x3x3 convs on exact active pairs at the fine levels; "dense": 27 taps

@@ -23,6 +23,7 @@ not adaptive): a BatchNorm (`norm.PDNorm`) and a LayerNorm (`ConditionLayerNorm`
 Initialisation is PyTorch's and spconv's defaults (PT-v3m1 sets none of its own).
 """
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -342,3 +343,14 @@ class PTv3(nn.Module):
                 x = block(self.dec_channels[s], self.dec_heads[s], s, rate, f"dec{s}_block{i}")(
                     x, hierarchy, layout(s, self.dec_patch_size[s], i), condition, train, stale)
         return jnp.where(hierarchy.masks[0][..., None], x.astype(jnp.float32), 0.0)
+
+
+CONFIGURABLE = ("orders", "enc_depths", "enc_channels", "enc_heads", "enc_patch_size", "dec_depths",
+                "dec_channels", "dec_heads", "dec_patch_size", "mlp_ratio", "drop_path", "shuffle_orders",
+                "ln_epsilon", "cpe_after_unpool", "attention")
+"""PTv3 fields a config sets (`config.model.ptv3`); the others come from PPT's shared model fields."""
+
+
+def defaults():
+    """{field: default} for `config.model.ptv3`: the reference's PTv3 + PPT recipe."""
+    return {f.name: f.default for f in dataclasses.fields(PTv3) if f.name in CONFIGURABLE}

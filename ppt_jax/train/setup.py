@@ -128,7 +128,14 @@ def build_model(config, table):
         base_channels=m.base_channels, context_channels=m.context_channels, adapter=m.adapter,
         norm_decouple=m.norm_decouple, norm_adaptive=m.norm_adaptive, zero_init=m.zero_init,
         bn_group_size=m.bn_group_size, head=m.head, text_table=table, s3dis_order=m.s3dis_order,
-        dtype=DTYPES[m.dtype])
+        dtype=DTYPES[m.dtype], **_backbone_fields(m))
+
+
+def _backbone_fields(m):
+    """PPT's backbone choice and loss; exports written before these settings existed are SpUNet + CE."""
+    ptv3 = dict(m.get("ptv3", {}))
+    return dict(arch=m.get("backbone", "spunet"), criteria=tuple(m.get("criteria", ("cross_entropy",))),
+                ptv3=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ptv3.items())))
 
 
 def hierarchy_spec(config, num_sites, stats=None):
