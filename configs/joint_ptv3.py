@@ -23,7 +23,8 @@ SYNTHETIC_PTV3 = {
     "dec_heads": (2, 2, 4, 4), "dec_patch_size": (128,) * 4, "drop_path": 0.1,
 }
 TINY_PTV3 = dict(SYNTHETIC_PTV3, enc_channels=(8,) * 5, enc_heads=(2,) * 5, dec_channels=(8,) * 4,
-                 dec_heads=(2,) * 4, enc_patch_size=(64,) * 5, dec_patch_size=(64,) * 4)
+                 dec_heads=(2,) * 4, enc_patch_size=(64,) * 5, dec_patch_size=(64,) * 4,
+                 orders=("z", "hilbert"))
 
 
 def get_config(arg=None):

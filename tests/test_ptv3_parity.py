@@ -151,3 +151,18 @@ def _at(tree, path):
     for k in path:
         tree = tree[k]
     return tree
+
+
+def test_recipe_has_the_reference_parameter_count():
+    """The full PTv3 + PPT recipe (PTv3 defaults): as many backbone parameters as Pointcept builds."""
+    import json
+    with open(os.path.join(os.path.dirname(FIXTURE), "pointcept_ptv3_counts.json")) as f:
+        counts = json.load(f)
+    model = models.PPT(conditions=CONDITIONS, arch="ptv3", norm_adaptive=False, head="decoupled")
+    spec = sparse.HierarchySpec(capacities=(64, 32, 16, 8, 8))
+    grid, mask = jnp.zeros((1, 64, 3), jnp.int32), jnp.zeros((1, 64), bool)
+    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 6)), build_hierarchies(grid, mask, spec),
+                                                 jnp.zeros((1,), jnp.int32)), jax.random.key(0))
+    params = shapes["params"]
+    assert models.count_params(params["backbone"]) == counts["backbone_params"] == 97_413_040
+    assert params["prompt_table"].size == counts["prompt_params"]
