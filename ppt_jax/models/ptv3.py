@@ -85,7 +85,7 @@ class SubmConv(nn.Module):
         bound = 1.0 / math.sqrt(taps * cin)
         w = self.param("kernel", inits.uniform(bound), (taps, cin, self.features), jnp.float32)
         w = w.astype(self.dtype)
-        y = jax.vmap(lambda xi, hi: sparse.subm_conv(xi, hi, self.level, w))(jnp.asarray(x, self.dtype), hierarchy)
+        y = sparse.subm_conv(jnp.asarray(x, self.dtype), hierarchy, self.level, w)   # batched
         if self.use_bias:
             y = y + self.param("bias", inits.uniform(bound), (self.features,), jnp.float32).astype(y.dtype)
         return y
@@ -155,6 +155,7 @@ class Block(nn.Module):
     drop_path: float = 0.0
     ln_epsilon: float = 1e-5
     attention: str = "xla"
+    remat_attention: bool = False
     dtype: Any = jnp.float32
 
     def _drop_path(self, y, train):
@@ -174,8 +175,8 @@ class Block(nn.Module):
                                                                    hierarchy)
         y = _dense(c, c, "cpe_linear", dt)(y)
         x = x + ln("cpe_norm")(y, condition).astype(x.dtype)
-        y = SerializedAttention(c, self.num_heads, self.attention, dt, name="attn")(
-            ln("norm1")(x, condition), layout)
+        attention = nn.remat(SerializedAttention) if self.remat_attention else SerializedAttention
+        y = attention(c, self.num_heads, self.attention, dt, name="attn")(ln("norm1")(x, condition), layout)
         x = x + self._drop_path(y, train).astype(x.dtype)
         hidden = int(c * self.mlp_ratio)
         y = _gelu(_dense(hidden, c, "mlp_fc1", dt)(ln("norm2")(x, condition)))
@@ -245,6 +246,8 @@ class PTv3(nn.Module):
     stage s of the encoder runs at hierarchy level s, so the hierarchy needs len(enc_depths) levels.
     attention: `jax.nn.dot_product_attention` implementation, "xla" (any backend) or "cudnn" (NVIDIA
     GPUs, bfloat16/float16 only).
+    remat_attention: recompute each block's attention in the backward pass instead of keeping its
+    (patches, heads, k, k) probabilities (the XLA path's memory; same numbers).
     cpe_after_unpool: what the xCPE conv of a decoder stage's first block reads. "skip" (the reference,
     whose unpooling updates the point features but not the sparse tensor the conv reads): the projected
     skip features only; "sum": the unpooled sum, as the fix proposed upstream (docs/ptv3.md).
@@ -269,6 +272,7 @@ class PTv3(nn.Module):
     ln_epsilon: float = 1e-5
     cpe_after_unpool: str = "skip"
     attention: str = "xla"
+    remat_attention: bool = False
     dtype: Any = jnp.float32
 
     def _check(self, hierarchy):
@@ -312,7 +316,7 @@ class PTv3(nn.Module):
                                group_size=self.bn_group_size)
         block = lambda ch, heads, level, rate, name: Block(
             ch, heads, level, self.num_conditions, self.decouple, self.mlp_ratio, rate, self.ln_epsilon,
-            self.attention, dt, name=name)
+            self.attention, self.remat_attention, dt, name=name)
         finest = jax.vmap(serialization.depth)(hierarchy.coords[0], hierarchy.masks[0])
         schedule = self._order_schedule(train)
         layouts = {}
@@ -347,7 +351,7 @@ class PTv3(nn.Module):
 
 CONFIGURABLE = ("orders", "enc_depths", "enc_channels", "enc_heads", "enc_patch_size", "dec_depths",
                 "dec_channels", "dec_heads", "dec_patch_size", "mlp_ratio", "drop_path", "shuffle_orders",
-                "ln_epsilon", "cpe_after_unpool", "attention")
+                "ln_epsilon", "cpe_after_unpool", "attention", "remat_attention")
 """PTv3 fields a config sets (`config.model.ptv3`); the others come from PPT's shared model fields."""
 
 
