@@ -11,6 +11,7 @@ Times are medians after a warm-up run; peak RSS is the process's high-water mark
 
 import argparse
 import importlib.metadata
+import os
 import resource
 import time
 
@@ -237,10 +238,14 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--forms", action="store_true", help="compare conv forms and searchsorted methods")
     ap.add_argument("--peer", choices=["spconv"], help="run the same conv with this library too")
+    ap.add_argument("--form", choices=sparse.sizing.FORMS, default="dense",
+                    help="the conv form timed (pairs: exact active pairs, capacities from the crop)")
     args = ap.parse_args()
+    print(f"start: load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
     coords = room_surface(args.sites)
-    spec = make_spec(coords)
+    spec = make_spec(coords) if args.form == "dense" else sparse.sizing.spec_for_batch(
+        coords[None], np.ones((1, len(coords)), bool), "pairs")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; room surface: {len(coords)} sites at 2 cm, "
           f"capacities {spec.capacities}")
     h, t_build = bench_build(coords, spec, args.runs)
@@ -254,6 +259,7 @@ def main():
         bench_forms(h, pairs, coords, args.runs)
     if args.peer == "spconv":
         bench_spconv(h, coords, args.runs)
+    print(f"end: load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 
 if __name__ == "__main__":
