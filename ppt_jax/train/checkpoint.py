@@ -268,8 +268,7 @@ class Checkpoints:
         while target.exists():
             target, n = self.workdir / REJECTED / f"{source.parent.name}-{step}.{n}", n + 1
         if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source.rename(target)
+            _move_tree(source, target)
         distributed.wait_for_all(f"ppt_jax_rejected_{source.parent.name}_{step}")
         manager.reload()
         return target
@@ -277,6 +276,23 @@ class Checkpoints:
     def close(self):
         self.periodic.close()
         self.best.close()
+
+
+def _move_tree(source, target):
+    """Move a directory: one rename locally; file by file on object storage (no directories there,
+    each object is copied then deleted)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in str(source):
+        source.rename(target)
+        return
+    for path in source.iterdir():
+        if path.is_dir():
+            _move_tree(path, target / path.name)
+        else:
+            path.copy(target / path.name)
+            path.unlink()
+    if source.exists():
+        source.rmtree()
 
 
 class _Damaged(Exception):
