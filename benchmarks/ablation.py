@@ -1,4 +1,4 @@
-"""Negative transfer and PPT's ablations on the synthetic multi-domain data (issue 6 §3).
+"""Negative transfer and PPT's ablations on the synthetic multi-domain data.
 
     python benchmarks/ablation.py --budget long --seeds 0,1,2 --out docs/results/long
         [--runs ppt,naive_joint,...] [--work /tmp/ppt_ablation]
@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                                    "--xla_llvm_disable_expensive_passes=true")
 
+from configs import base  # noqa: E402
 from ppt_jax import labels  # noqa: E402
 
 DOMAINS = (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
@@ -66,27 +67,24 @@ TABLE = (
 BUDGETS = {
     # a check that everything runs (minutes): tiny data, tiny model, a few steps
     "smoke": dict(scenes=(8, 4, 2), val_scenes=(2, 2, 2), density=0.02, steps=4,
-                  model={"channels": (8,) * 8, "layers": (1,) * 8, "base_channels": 8,
-                         "context_channels": 8},
+                  model=base.MODEL_SIZES["tiny"],
                   data={"batch_size": 2, "num_sites": 1024, "eval_num_sites": 8192,
                         "eval_num_points": 16384}),
     # the recorded experiment on a 2-core CPU: the embedded default's data and model size
     "small": dict(scenes=(48, 24, 12), val_scenes=(4, 4, 4), density=0.02, steps=40,
-                  model={"channels": (16, 16, 32, 32, 32, 32, 16, 16), "layers": (1,) * 8,
-                         "base_channels": 16, "context_channels": 32},
+                  model=base.MODEL_SIZES["small"],
                   data={"batch_size": 2, "num_sites": 2048, "eval_num_sites": 8192,
                         "eval_num_points": 16384}),
     # for a bigger machine
     "medium": dict(scenes=(160, 80, 40), val_scenes=(12, 8, 6), density=0.05, steps=1500,
-                   model={"channels": (32, 32, 64, 64, 64, 64, 32, 32), "layers": (1, 2, 2, 2, 1, 1, 1, 1),
-                          "base_channels": 32, "context_channels": 64},
+                   model=base.MODEL_SIZES["medium"],
                    data={"batch_size": 8, "num_sites": 16384, "eval_num_sites": 65536,
                          "eval_num_points": 131072}),
 }
 
 # `small` trained 7.5x longer: BatchNorm's running statistics (momentum 0.01, as the reference) keep
 # 0.99^300 = 5 % of their initial values at evaluation instead of 67 % after 40 steps. Chosen for that
-# reason alone, before any run of it; about 8 min per run on 2 idle cores.
+# reason alone, before any run of it.
 BUDGETS["long"] = {**BUDGETS["small"], "steps": 300}
 
 log = logging.getLogger("ablation")
@@ -96,12 +94,10 @@ def make_config(run, budget, seed, data_dir, text_cache):
     """The run's config module, its datasets pointed at the shared shards, scaled by the budget."""
     import importlib
 
-    from ppt_jax.train import setup
-
     module, model = RUNS[run]
-    config = importlib.import_module(f"configs.{module}").get_config()
+    config = importlib.import_module(f"configs.{module}").get_config("reference")
     b = BUDGETS[budget]
-    setup.merge(config, {"model": {**b["model"], **model}, "data": dict(b["data"])})
+    config.update({"model": {**b["model"], **model}, "data": dict(b["data"])})
     names = tuple(config.data.datasets)
     config.name = run
     config.seed = seed
@@ -114,7 +110,6 @@ def make_config(run, budget, seed, data_dir, text_cache):
     config.train.checkpoint_every = b["steps"]
     config.text.encoder = "minilm"          # offline; CLIP weights are not installed here
     config.text.cache_dir = text_cache
-    config.synthetic.enabled = False
     return config
 
 

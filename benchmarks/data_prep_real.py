@@ -22,7 +22,8 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from data_prep import ply, s3dis, scannet, structured3d, writer
+from data_prep import s3dis, scannet, structured3d, writer
+from ppt_jax import ply
 from ppt_jax.data import schema
 
 

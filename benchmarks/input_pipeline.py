@@ -9,8 +9,8 @@
 4. Training pipeline (`ppt_jax.data.train_dataset`, batch 1, Mix3D 0.8 as the reference) with
    `num_parallel_calls=1` (one core) and AUTOTUNE (all cores): scenes/s and sites/s delivered.
 
-The target: a full-size train step (one 100k-site scene) takes ~7 s on a 2-core host; one pipeline
-core must deliver at least twice that step rate, >= 2/7 = 0.29 rows/s per core.
+The target: one pipeline core delivers rows at least twice as fast as the full-size train step
+consumes them (the step's target time and the measured rates: benchmarks/README.md).
 """
 
 import argparse

@@ -1,17 +1,58 @@
-"""The reference's SpUNet + PPT recipe (spec §6-§8) as one ml_collections ConfigDict.
+"""The reference recipe (SpUNet-v1m3 + PPT, docs/reference.md) as one ConfigDict, and its scaled-down
+variants.
 
-Not a runnable config by itself: `joint.py` and the baselines start from `recipe()` and change a few
-fields. Sections: data (ppt_jax/data/pipeline.py documents its fields), model, sparse, text, optim,
-train, eval, init, export, synthetic (the embedded default, used when the shards are absent).
+Not a runnable config by itself: `joint.py`, the baselines, `tiny.py` and `finetune.py` start from
+`recipe()` and change a few fields. Every default has one source: `config.model` holds every field of
+`models.PPT` with the model's own default (the reference SpUNet-v1m3 + PPT), `config.data` starts from
+`data.default_config()` (the reference's data recipe, documented in ppt_jax/data/pipeline.py), and
+the model sizes of the scaled-down variants are `MODEL_SIZES`.
+
+Data: the reference reads shards from `data/shards/<Dataset>/{train,val}` (data_prep writes them).
+The `synthetic` variant (`embedded()`) trains on synthetic multi-domain rooms that the entry point
+generates into `<workdir>/synthetic` (data dirs left "" are filled with those). A config's
+`get_config("")` picks the reference when its shards exist and the synthetic variant otherwise
+(`config.synthetic.enabled` says which); flags given on the command line are applied after it, so
+they always win.
 """
+
+import dataclasses
+import os
 
 import ml_collections
 
-from ppt_jax import labels
-from ppt_jax.data import pipeline
+from ppt_jax import labels, models
+from ppt_jax.data import pipeline, schema
 from ppt_jax.sparse import sizing
 
 SHARD_ROOT = "data/shards"   # data_prep writes <root>/<Dataset>/<split>/
+VARIANTS = ("", "reference", "synthetic")
+
+# Width/depth presets of the scaled-down runs (the reference is models.PPT's default).
+MODEL_SIZES = {
+    "tiny": {"channels": (8,) * 8, "layers": (1,) * 8, "base_channels": 8, "context_channels": 8},
+    "small": {"channels": (16, 16, 32, 32, 32, 32, 16, 16), "layers": (1,) * 8,
+              "base_channels": 16, "context_channels": 32},
+    "medium": {"channels": (32, 32, 64, 64, 64, 64, 32, 32), "layers": (1, 2, 2, 2, 1, 1, 1, 1),
+               "base_channels": 32, "context_channels": 64},
+}
+# Model fields set otherwise: the text table is computed at start-up, the dtype is given by name,
+# the backbone choice (PPT.arch) is `backbone` and its PTv3 settings (PPT.ptv3, pairs) a ConfigDict.
+_MODEL_RUNTIME_FIELDS = ("parent", "name", "text_table", "dtype", "arch", "ptv3")
+
+
+def model_config(conditions):
+    """`config.model`: every hyper-parameter field of `models.PPT` with its default
+    (`train.setup.build_model` passes them back)."""
+    c = ml_collections.ConfigDict()
+    for field in dataclasses.fields(models.PPT):
+        if field.name in _MODEL_RUNTIME_FIELDS or field.default is dataclasses.MISSING:
+            continue
+        c[field.name] = field.default
+    c.conditions = tuple(conditions)     # prompts / per-dataset BN / head, matched by name
+    c.dtype = "float32"                  # "bfloat16": bf16 compute, f32 master weights and loss
+    c.backbone = models.PPT.arch         # "spunet" or "ptv3" (configs/joint_ptv3.py)
+    c.ptv3 = ml_collections.ConfigDict()  # PTv3 fields (models.ptv3.defaults()) for backbone="ptv3"
+    return c
 
 
 def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), ratios=(4, 2, 1)):
@@ -23,29 +64,8 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.data.datasets = tuple(datasets)
     c.data.ratios = tuple(ratios)
     c.data.train_dirs = {n: f"{SHARD_ROOT}/{n}/train" for n in datasets}
-    c.data.batch_size = 24          # global (all hosts), as the reference's 24 over 8 GPUs
-    c.data.crop_point_max = {n: v for n, v in c.data.crop_point_max.items() if n in datasets}
-    c.data.crop_sample_rate = {n: v for n, v in c.data.crop_sample_rate.items() if n in datasets}
-    c.data.eval_batch_size = 1
-    c.data.test_batch_size = 8
 
-    c.model = ml_collections.ConfigDict()
-    c.model.conditions = tuple(datasets)       # prompts / per-dataset BN / head, matched by name
-    c.model.backbone = "spunet"        # or "ptv3" (configs/joint_ptv3.py); the SpUNet fields follow
-    c.model.channels = (32, 64, 128, 256, 256, 128, 96, 96)
-    c.model.layers = (2, 3, 4, 6, 2, 2, 2, 2)
-    c.model.base_channels = 32
-    c.model.context_channels = 256
-    c.model.adapter = "pdnorm"         # ablation: "none" | "add" | "cross_attention" | "pdnorm"
-    c.model.norm_decouple = True
-    c.model.norm_adaptive = True
-    c.model.zero_init = False          # the paper's zero-init of the modulation (reference: False)
-    c.model.bn_group_size = 0          # 0: BN statistics over the whole global batch
-    c.model.head = "language"          # ablation: "decoupled" | "unionized" | "language"
-    c.model.s3dis_order = "intended"   # or "code_faithful" (labels.valid_index)
-    c.model.dtype = "float32"          # "bfloat16": bf16 compute, f32 master weights and loss
-    c.model.criteria = ("cross_entropy",)   # summed; "lovasz" adds the Lovasz-softmax loss
-    c.model.ptv3 = ml_collections.ConfigDict()   # PTv3 fields (ppt_jax.models.ptv3.defaults()) for backbone="ptv3"
+    c.model = model_config(datasets)
 
     c.sparse = ml_collections.ConfigDict()
     c.sparse.conv_form = "pairs"       # 3x3x3 convs on exact active pairs at the fine levels; "dense": 27 taps
@@ -77,7 +97,7 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.optim.final_div_factor = 1e4
     c.optim.betas = (0.9, 0.999)
     c.optim.clip_grad = 0.0
-    c.optim.group_keywords = ("prompt", "modulation")
+    c.optim.group_keywords = models.PROMPT_KEYWORDS
     c.optim.group_lr_scale = 1.0       # ablation: the paper's 0.1x prompt learning rate
 
     c.train = ml_collections.ConfigDict()
@@ -90,6 +110,7 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.train.stop_at_step = -1          # stop (after saving) at this step, e.g. to split a run
     c.train.on_nonfinite = "raise"     # or "skip" the batch (the update is never applied)
     c.train.allow_resume_changes = ""  # settings that may differ from the checkpoint's, e.g. "optim.lr"
+    c.train.profile_steps = ()         # (first, last): a jax.profiler trace of these steps in <workdir>/profile
 
     c.eval = ml_collections.ConfigDict()
     c.eval.datasets = tuple(datasets)
@@ -101,24 +122,49 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.export = ml_collections.ConfigDict()
     c.export.part = "full"             # or "backbone"
 
-    c.synthetic = synthetic_default(datasets)
+    c.synthetic = ml_collections.ConfigDict()   # used by embedded() configs only
+    c.synthetic.enabled = False
+    c.synthetic.reason = ""            # why the synthetic variant was chosen (logged at start-up)
+    c.synthetic.scenes = (32, 16, 8)   # Structured3D, ScanNet, S3DIS (data_prep.synthetic order)
+    c.synthetic.val_scenes = (4, 4, 4)
+    c.synthetic.density = 0.02
+    c.synthetic.seed = 0
+    c.synthetic.workers = 1            # per-split worker pools cost a TensorFlow import each
     return c
 
 
-def synthetic_default(datasets):
-    """The embedded default: synthetic shards + a recipe scaled to ~10 minutes on a 2-core CPU."""
-    s = ml_collections.ConfigDict()
-    s.enabled = True
-    s.scenes = (32, 16, 8)             # Structured3D, ScanNet, S3DIS (data_prep.synthetic order)
-    s.val_scenes = (4, 4, 4)
-    s.density = 0.02
-    s.seed = 0
-    s.workers = 1                      # per-split worker pools cost a TensorFlow import each; 1 is fastest here
-    s.overrides = {
-        "model": {"channels": (16, 16, 32, 32, 32, 32, 16, 16), "layers": (1, 1, 1, 1, 1, 1, 1, 1),
-                  "base_channels": 16, "context_channels": 32},
-        "data": {"batch_size": 4, "num_sites": 4096, "eval_num_sites": 16384,
-                 "eval_num_points": 32768, "test_batch_size": 4, "num_parallel_calls": 2},
-        "train": {"steps": 300, "log_every": 25, "checkpoint_every": 100},
-    }
-    return s
+def missing_shards(c):
+    """The train and val split directories of the config that hold no manifest."""
+    dirs = [*dict(c.data.train_dirs).values(), *dict(c.eval.val_dirs).values()]
+    return [d or "(unset)" for d in dirs
+            if not (d and os.path.exists(os.path.join(d, schema.MANIFEST_NAME)))]
+
+
+def embedded(c, steps=300, reason="the config asked for it"):
+    """The synthetic variant: generated multi-domain rooms and the recipe scaled to minutes on a
+    2-core CPU (small model, small crops, `steps` steps; README.md records a run)."""
+    c.synthetic.enabled = True
+    c.synthetic.reason = reason
+    c.data.train_dirs = {n: "" for n in c.data.datasets}      # "": <workdir>/synthetic/<n>/train
+    c.eval.val_dirs = {n: "" for n in c.eval.datasets}
+    c.model.update(MODEL_SIZES["small"])
+    c.data.update({"batch_size": 4, "num_sites": 4096, "eval_num_sites": 16384,
+                   "eval_num_points": 32768, "test_batch_size": 4, "num_parallel_calls": 2})
+    c.train.update({"steps": steps, "log_every": 25, "checkpoint_every": 100})
+    return c
+
+
+def variant(c, arg, synthetic_steps=300):
+    """`get_config(arg)` of the recipe configs: "reference" (the shards in data/shards), "synthetic"
+    (`embedded`) or "" = the reference when any of its shards exist (a missing one is then an error
+    naming it), else the synthetic variant."""
+    if arg not in VARIANTS:
+        raise ValueError(f"config argument {arg!r}: expected one of {VARIANTS[1:]} or none")
+    if arg == "synthetic":
+        return embedded(c, synthetic_steps, reason=f"configs/{c.name}.py:synthetic")
+    missing = missing_shards(c)
+    total = len(c.data.datasets) + len(c.eval.datasets)
+    if arg == "" and len(missing) == total:   # some but not all: a wrong path, reported at start-up
+        return embedded(c, synthetic_steps, reason=f"configured shards not found: "
+                                                   f"{', '.join(missing)}")
+    return c

@@ -5,25 +5,24 @@
 
 The model keeps the exported model's conditions (its prompts and per-dataset norms); the data holds
 only the fine-tuned dataset, matched to its prompt by name. The model fields must equal the exported
-model's (use the same overrides as the joint run).
+model's: `configs/finetune.py:synthetic` fine-tunes the synthetic joint run's small model,
+`configs/finetune.py:tiny` the tiny model of configs/tiny.py (tests).
 """
 
-from configs import base
-from ppt_jax import labels
-from ppt_jax.train.setup import merge
+from configs import base, tiny
+
+ARGS = ("", "reference", "synthetic", "tiny")
 
 
 def get_config(arg=""):
-    """`configs/finetune.py:tiny` fine-tunes the tiny model of configs/tiny.py (tests)."""
-    c = base.recipe("finetune", datasets=(labels.SCANNET,), ratios=(1,))
-    c.model.conditions = (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
+    if arg not in ARGS:
+        raise ValueError(f"configs/finetune.py: unknown argument {arg!r} (one of {ARGS[1:]})")
+    c = base.recipe("finetune", datasets=("ScanNet",), ratios=(1,))
+    c.model.conditions = ("Structured3D", "ScanNet", "S3DIS")
     c.init.export_dir = "runs/joint/export"
     c.optim.lr = 0.01
-    c.synthetic.overrides["train"]["steps"] = 100
     if arg == "tiny":
-        from configs import tiny
-        merge(c, tiny.TINY)
+        c = tiny.tiny(base.embedded(c, reason="configs/finetune.py:tiny"))
         c.optim.lr = 0.05
-    elif arg:
-        raise ValueError(f"configs/finetune.py: unknown argument {arg!r} (only 'tiny')")
-    return c
+        return c
+    return base.variant(c, arg, synthetic_steps=100)

@@ -8,14 +8,14 @@ Differences from the SpUNet recipe (configs/joint.py): backbone PT-v3m1 with dat
 (no prompt modulation), CrossEntropy + Lovasz-softmax, AdamW (lr 0.005, weight decay 0.05) with 0.1x
 learning rate on every parameter whose name holds "block" (the reference's param_dicts), OneCycle to
 lr / 1000, gradient clipping at 3.0 (the ScanNet variant's setting), spheres of at most 204800 sites
-(ScanNet 102400; Structured3D 80 % and S3DIS 60 % of the scene first). Without shards it runs on the
-embedded synthetic data, scaled by config.synthetic.overrides.
+(ScanNet 102400; Structured3D 80 % and S3DIS 60 % of the scene first). Arguments as configs/joint.py
+(`:reference`, `:synthetic`, none = the reference when its shards exist), plus `:tiny`; the synthetic
+variants scale the PTv3 down as well.
 """
 
 from configs import base, tiny
 from ppt_jax import labels
 from ppt_jax.models import ptv3
-from ppt_jax.train.setup import merge
 
 SYNTHETIC_PTV3 = {
     "enc_depths": (1, 1, 1, 1, 1), "enc_channels": (16, 16, 32, 32, 32), "enc_heads": (2, 2, 4, 4, 4),
@@ -27,7 +27,7 @@ TINY_PTV3 = dict(SYNTHETIC_PTV3, enc_channels=(8,) * 5, enc_heads=(2,) * 5, dec_
                  orders=("z", "hilbert"))
 
 
-def get_config(arg=None):
+def get_config(arg=""):
     c = base.recipe("joint_ptv3")
     m = c.model
     m.backbone = "ptv3"
@@ -43,13 +43,14 @@ def get_config(arg=None):
     c.data.crop_point_max = {labels.SCANNET: 102_400}
     c.data.crop_sample_rate = {labels.STRUCTURED3D: 0.8, labels.S3DIS: 0.6}
 
-    c.synthetic.overrides = dict(c.synthetic.overrides.to_dict(), model={"ptv3": SYNTHETIC_PTV3})
     if arg == "tiny":
-        merge(c, {k: v for k, v in tiny.TINY.items() if k != "model"})
-        merge(c, {"model": {"ptv3": TINY_PTV3}})
+        c = tiny.tiny(base.embedded(c, reason="configs/joint_ptv3.py:tiny"))
+        c.model.ptv3.update(TINY_PTV3)
         c.name = "joint_ptv3_tiny"
-        s = c.synthetic
-        s.scenes, s.val_scenes, s.overrides = (4, 2, 2), (1, 1, 1), {}
-    elif arg is not None:
-        raise ValueError(f"configs/joint_ptv3.py takes no argument or 'tiny', got {arg!r}")
+        c.synthetic.update({"scenes": (4, 2, 2), "val_scenes": (1, 1, 1)})
+        return c
+    c = base.variant(c, arg)
+    if c.synthetic.enabled:                 # (the SpUNet fields it shrinks are not read by PTv3)
+        c.model.ptv3.update(SYNTHETIC_PTV3)
     return c
+

@@ -1,7 +1,7 @@
 """S3DIS -> shards: `python -m data_prep.s3dis --raw Stanford3dDataset_v1.2 --out DIR --workers N`.
 
 Reads `Area_N/Area_N_alignmentAngle.txt` (the room list with angles) and every
-`Area_N/<room>/Annotations/*.txt` (x y z r g b per line, sorted by name) as the reference (spec §9):
+`Area_N/<room>/Annotations/*.txt` (x y z r g b per line, sorted by name) as the reference (docs/reference.md §9):
 class = file-name prefix before "_" (unknown names such as "stairs" -> clutter), instance = index of the
 object file. Each area is one split ("Area_1" ... "Area_6", the reference's split names), all written
 with the full-resolution fields so any area can serve as the evaluation area (6-fold).
@@ -22,8 +22,9 @@ import sys
 
 import numpy as np
 
-from data_prep import cli, normals, s3dis_mesh, writer
-from ppt_jax import labels
+from data_prep import cli, s3dis_mesh, writer
+from ppt_jax import labels, normals
+from ppt_jax.data import augment
 
 CLASSES = labels.CLASS_NAMES[labels.S3DIS]
 AREAS = tuple(f"Area_{i}" for i in range(1, 7))
@@ -104,9 +105,7 @@ def read_object(path):
 
 def rotation(angle):
     """The reference's --align_angle rotation: about z by (2 - angle/180) * pi."""
-    theta = (2 - angle / 180) * np.pi
-    c, s = np.cos(theta), np.sin(theta)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    return augment.rotation_matrix((2 - angle / 180) * np.pi, "z")
 
 
 def align(coord, angle):

@@ -1,6 +1,6 @@
 """ScanNet v2 -> shards: `python -m data_prep.scannet --raw DIR --out DIR [--meta DIR] --workers N`.
 
-Reads the published layout (spec §9): `scans/<scene>/<scene>_vh_clean_2.ply` (test scenes in
+Reads the published layout (docs/reference.md §9): `scans/<scene>/<scene>_vh_clean_2.ply` (test scenes in
 `scans_test/`), `<scene>_vh_clean_2.0.010000.segs.json`, `<scene>.aggregation.json`, and from `--meta`
 (default `--raw`) `scannetv2-labels.combined.tsv` and `scannetv2_{train,val,test}.txt`.
 Points are the mesh vertices (no axis alignment, as the reference); normals are area-weighted vertex
@@ -17,8 +17,9 @@ import sys
 
 import numpy as np
 
-from data_prep import cli, normals, ply, writer
+from data_prep import cli, writer
 from data_prep.scannet_classes import CLASS_LABELS_200, VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
+from ppt_jax import normals, ply
 
 LABEL_TABLE = "scannetv2-labels.combined.tsv"
 SPLITS = ("train", "val", "test")

@@ -1,6 +1,6 @@
 """ScanNet benchmark label ids (NYU40 ids for ScanNet20, label-table `id`s for ScanNet200), in order.
 
-The shard label of a vertex is the position of its id in these tuples, -1 if absent (spec §9).
+The shard label of a vertex is the position of its id in these tuples, -1 if absent (docs/reference.md §9).
 """
 
 VALID_CLASS_IDS_20 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)

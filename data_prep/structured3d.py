@@ -4,7 +4,7 @@ Reads the official per-scene zips directly (every `*.zip` in --raw; entries
 `Structured3D/scene_XXXXX/2D_rendering/<room>/...`) and fuses, per room, every perspective full frame
 (`perspective/full/<frame>/{camera_pose.txt, depth.png, rgb_rawlight.png, semantic.png}`) and the
 panorama (`panorama/camera_xyz.txt`, `panorama/full/{depth,rgb_rawlight,semantic}.png`), back-projected
-as the reference (spec §9): depth in mm (0 = invalid), normals from cross products of neighbouring
+as the reference (docs/reference.md §9): depth in mm (0 = invalid), normals from cross products of neighbouring
 pixels, points kept where |cos(view ray, normal)| > 0.15, depth is valid and semantic > 0; z up.
 Perspective frames come first (sorted by name), then the panorama, so "first point per voxel" keeps
 the same points as the reference's np.unique dedup. Labels: NYU40 ids in VALID_CLASS_IDS_25 -> 0..24,

@@ -66,7 +66,8 @@ import numpy as np
 from data_prep import synthetic_geometry as geo
 from data_prep import synthetic_rooms as rooms
 from data_prep import writer
-from ppt_jax import labels
+from ppt_jax import files, labels
+from ppt_jax.data import augment
 
 CELL_AREA = 0.02 ** 2
 DEFAULT_DENSITY = 0.05
@@ -211,7 +212,7 @@ def _occluded(coord, owner, room):
     family = room.family()
     hidden = np.zeros(len(coord), bool)
     for centre, size, yaw, solid_owner in room.solids:
-        local = (coord - centre) @ geo.yaw_matrix(yaw)
+        local = (coord - centre) @ augment.rotation_matrix(yaw, "z")
         inside = np.all(np.abs(local) < size / 2 + 0.01, axis=1)
         hidden |= inside & (family[owner] != family[solid_owner])
     return hidden
@@ -309,7 +310,7 @@ def render(room, domain, rng, density=DEFAULT_DENSITY):
         normal /= np.linalg.norm(normal, axis=1, keepdims=True)
     yaw = rng.uniform(0, 2 * np.pi) if spec.random_yaw else 0.0
     shift = np.array([*rng.uniform(-spec.offset, spec.offset, 2), 0.0])
-    rot = geo.yaw_matrix(yaw)
+    rot = augment.rotation_matrix(yaw, "z")
     return {"coord": (coord @ rot.T + shift).astype(np.float32), "color": color,
             "normal": (normal @ rot.T).astype(np.float32), "segment": segment, "instance": instance}
 
@@ -340,9 +341,7 @@ def _must_overwrite(split_dir, settings):
         with open(path) as f:
             same = json.load(f) == settings
     os.makedirs(split_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(settings, f)
-    os.replace(path + ".tmp", path)
+    files.write_text(path, json.dumps(settings))
     return not same
 
 
@@ -387,7 +386,7 @@ def _counts(text):
     try:
         return [int(c) for c in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated counts, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected three comma-separated counts, got {text!r}") from None
 
 
 def add_arguments(p):

@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from ppt_jax.data import augment
+
 _UP = np.array([0.0, 0.0, 1.0])
 
 
@@ -38,7 +40,7 @@ class Primitives:
         faces ("+x", "-z", ...) in the box's own axes that nobody can see (resting on or against
         something), so they are not sampled."""
         centre, half = np.asarray(centre, float), np.asarray(size, float) / 2
-        rot = yaw_matrix(yaw)
+        rot = augment.rotation_matrix(yaw, "z")
         for axis in range(3):
             for sign, name in ((1, "+"), (-1, "-")):
                 if name + "xyz"[axis] in omit:
@@ -50,11 +52,6 @@ class Primitives:
                 corner[axis] += sign * half[axis]
                 corner -= u / 2 + v / 2
                 self.quad(centre + rot @ (corner - centre), rot @ u, rot @ v, owner)
-
-
-def yaw_matrix(yaw):
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def _unit(x):

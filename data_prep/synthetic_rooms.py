@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 
 from data_prep import synthetic_geometry as geo
+from ppt_jax.data import augment
 
 KINDS = (
     "wall", "floor", "ceiling", "beam", "column", "door", "window", "picture", "board", "mirror",
@@ -131,7 +132,7 @@ class Pose:
     yaw: float
 
     def apply(self, local):
-        return np.array([self.x, self.y, 0.0]) + geo.yaw_matrix(self.yaw) @ np.asarray(local, float)
+        return np.array([self.x, self.y, 0.0]) + augment.rotation_matrix(self.yaw, "z") @ np.asarray(local, float)
 
     def footprint(self, w, d):
         """Axis-aligned (xmin, ymin, xmax, ymax) of a w x d rectangle centred on the origin."""
@@ -617,7 +618,7 @@ def _curtains(layout, count):
 def _shower_curtain(layout, tub):
     owner, pose, (w, d, h) = tub
     origin = pose.apply((w / 2, d / 2 - 0.03, h + 0.05))
-    u = geo.yaw_matrix(pose.yaw) @ np.array([-w, 0.0, 0.0])
+    u = augment.rotation_matrix(pose.yaw, "z") @ np.array([-w, 0.0, 0.0])
     rng = layout.rng
     owner = layout.room.new_object("shower_curtain", rng)
     layout.room.prims.quad(origin, u, (0, 0, 2.0 - h - 0.05), owner,

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from ppt_jax import labels
+from ppt_jax import files, labels
 from ppt_jax.data import schema
 
 PROGRESS_DIR = ".progress"
@@ -211,22 +211,13 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _atomic_write(path, write):
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def json_text(obj):
     """The text of every JSON file the writers make (manifest, progress records)."""
     return json.dumps(obj, indent=1)
 
 
 def _write_json(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(json_text(obj))
-    _atomic_write(path, write)
+    files.write_text(path, json_text(obj))
 
 
 def _finished(split_dir, name, fingerprint):
@@ -278,7 +269,8 @@ def shard_record(fingerprint, path, results):
 
 def _write_shard(split_dir, name, fingerprint, results):
     shard_path = os.path.join(split_dir, name)
-    _atomic_write(shard_path, lambda tmp: write_records(tmp, results))
+    with files.atomic_path(shard_path) as tmp:
+        write_records(os.fspath(tmp), results)
     record = shard_record(fingerprint, shard_path, results)
     _write_json(os.path.join(split_dir, PROGRESS_DIR, name + ".json"), record)
     return record

@@ -98,6 +98,17 @@ def wait_for_all(name, timeout_s=4 * 3600):
     multihost.get_jax_distributed_client().wait_at_barrier(name, int(timeout_s * 1000))
 
 
+def process_zero_first(fn, name):
+    """`fn()` on process 0, then on the others, which find what it wrote (generated shards, a text
+    table cache) instead of writing the same files at the same time; `name` names the barrier."""
+    if jax.process_index() == 0:
+        out = fn()
+    wait_for_all(name)
+    if jax.process_index() != 0:
+        out = fn()
+    return out
+
+
 def maybe_initialize(flag=None, environ=None):
     """Connect the processes if asked for (see module doc); returns this process's `ProcessInfo`.
 

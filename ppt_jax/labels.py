@@ -1,4 +1,4 @@
-"""Label spaces of the three indoor datasets and PPT's 36-name union list (spec §5).
+"""Label spaces of the three indoor datasets and PPT's 36-name union list (docs/reference.md §5).
 
 Shared by preprocessing (label order inside the shards) and the trainer (class names for the
 text embeddings, the union head). Everything here is plain data.

@@ -11,6 +11,12 @@ export  writes the checkpoint's model variables + config JSON to <workdir>/expor
 
 --checkpoint=export evaluates (eval/test) the export at config.init.export_dir, with its model settings,
 e.g. an imported Pointcept checkpoint (python -m ppt_jax.models.pointcept_import).
+
+Start-up, once through: `parse_flags` (config_flags loads the config file and applies the
+`--config.*` overrides: they always win) -> `embedded_data` (the synthetic variant's data dirs) ->
+`validate.problems` (every setting checked before any work) -> logging, `distributed.maybe_initialize`,
+the persistent compilation cache -> `generate_synthetic` on first use (the entry point is the one
+module that imports `data_prep`) -> `loop.train` or `evaluate.evaluate` / `evaluate.export`.
 """
 
 import logging
@@ -22,7 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ppt_jax import distributed
+from ppt_jax import compilation_cache, distributed
 
 MODES = ("train", "eval", "test", "export")
 
@@ -34,6 +40,9 @@ flags.DEFINE_enum("checkpoint", "best", ("best", "latest", "export"),
                   "Checkpoint for eval/test/export; 'export' = config.init.export_dir.")
 flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: "
                   "$PPT_DISTRIBUTED).")
+flags.DEFINE_string("compilation_cache", compilation_cache.default_dir(),
+                    "JAX persistent compilation cache directory ('' = off; "
+                    "$JAX_COMPILATION_CACHE_DIR wins).")
 FLAGS = flags.FLAGS
 
 
@@ -96,6 +105,42 @@ def user_error_lines(err):
         return str(err).splitlines()
     return None
 
+def embedded_data(config, workdir):
+    """(config, directory to generate or None). The synthetic variant (`config.synthetic.enabled`):
+    every data directory left "" becomes `<workdir>/synthetic/<Dataset>/<split>`, to be generated
+    there; directories given in the config or on the command line are used as given."""
+    if not config.synthetic.enabled:
+        return config, None
+    config = config.copy_and_resolve_references()
+    out = os.path.join(workdir, "synthetic")
+    empty = []
+    for dirs, names, split in ((config.data.train_dirs, config.data.datasets, "train"),
+                               (config.eval.val_dirs, config.eval.datasets, "val")):
+        for name in names:
+            if not dirs[name]:
+                dirs[name] = os.path.join(out, name, split)
+                empty.append(f"{name}/{split}")
+    if empty and "://" in str(workdir):
+        raise ValueError(f"--workdir {workdir}: the embedded synthetic default is written with the "
+                         f"local file system (data_prep); use a local --workdir, or shards from "
+                         f"data_prep in config.data.train_dirs / config.eval.val_dirs (unset: "
+                         f"{', '.join(empty)})")
+    return config, (out if empty else None)
+
+
+def generate_synthetic(config, out):
+    """The synthetic rooms of `config.synthetic` into `out` (process 0; the others wait for it)."""
+    from data_prep import synthetic  # the embedded default only
+
+    s = config.synthetic
+    log.warning("Synthetic data (%s): running the recipe on synthetic multi-domain rooms in %s",
+                s.reason, out)
+    distributed.process_zero_first(
+        lambda: synthetic.generate(out, scenes=tuple(s.scenes), val_scenes=tuple(s.val_scenes),
+                                   seed=s.seed, density=s.density, workers=s.workers,
+                                   progress=False),
+        "ppt_jax_synthetic_data")
+
 
 def main(argv):
     if len(argv) > 1:
@@ -104,12 +149,17 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config=configs/joint.py")
     from ppt_jax.train import validate   # imports JAX but does not start its backend
 
-    problems = validate.problems(FLAGS.config)
+    workdir = FLAGS.workdir or os.path.join("runs", FLAGS.config.name)
+    try:
+        config, synthetic_dir = embedded_data(FLAGS.config, workdir)
+    except ValueError as err:
+        _fail([str(err)])
+    problems = validate.problems(config)
     if problems:
         _fail(problems)
     _setup_logging()
     try:
-        _run()
+        _run(config, workdir, synthetic_dir)
     except Exception as err:  # noqa: BLE001 -- re-raised unless it is a user error
         lines = user_error_lines(err)
         if lines is None:
@@ -117,20 +167,24 @@ def main(argv):
         _fail(lines)
 
 
-def _run():
+def _run(config, workdir, synthetic_dir):
     info = distributed.maybe_initialize(FLAGS.distributed)
-    from ppt_jax.train import loop   # after distributed start-up: it touches the JAX backend
+    cache_dir = compilation_cache.enable(FLAGS.compilation_cache)
+    compiles = compilation_cache.Counter()
+    log.info("config %s, workdir %s, mode %s, process %d/%d, %d devices, compilation cache %s",
+             config.name, workdir, FLAGS.mode, info.process_index, info.process_count,
+             info.global_devices, cache_dir or "off")
+    if synthetic_dir and FLAGS.mode == "train":
+        generate_synthetic(config, synthetic_dir)
+    from ppt_jax.train import evaluate, loop   # after distributed start-up: they touch the backend
 
-    config = FLAGS.config
-    workdir = FLAGS.workdir or os.path.join("runs", config.name)
-    log.info("config %s, workdir %s, mode %s, process %d/%d, %d devices", config.name, workdir,
-                 FLAGS.mode, info.process_index, info.process_count, info.global_devices)
     if FLAGS.mode == "train":
         loop.train(config, workdir)
     elif FLAGS.mode in ("eval", "test"):
-        loop.evaluate(config, workdir, FLAGS.checkpoint, test=FLAGS.mode == "test")
+        evaluate.evaluate(config, workdir, FLAGS.checkpoint, test=FLAGS.mode == "test")
     else:
-        loop.export(config, workdir, FLAGS.checkpoint)
+        evaluate.export(config, workdir, FLAGS.checkpoint)
+    log.info("%s", compiles.summary())
 
 
 if __name__ == "__main__":

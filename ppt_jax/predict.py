@@ -8,13 +8,14 @@ picks the prompt, the normalization and the class names (any of the datasets the
 with). `--input` is a PLY file (ASCII or binary, with or without faces and normals: normals are
 estimated when absent), a shard file (`*.tfrecord` written by data_prep: every scene in it), or a
 directory of such files (a file that cannot be read is reported and skipped, the others are
-labelled, and the exit status is 1; 2 when nothing could be labelled). For each scene the tool writes `<out>/<scene>.ply` (vertices x y z, class
-colour red green blue, `label` in the dataset's own label order, `confidence` = the winning class's
-probability) and `<out>/<scene>.png` (top and oblique views, legend with class names).
+labelled, and the exit status is 1; 2 when nothing could be labelled). For each scene the tool
+writes `<out>/<scene>.ply` (vertices x y z, class colour red green blue, `label` in the dataset's
+own label order, `confidence` = the winning class's probability) and `<out>/<scene>.png` (top and
+oblique views, legend with class names).
 
 Without `--vote` the scene is grid-sampled once at the model's grid (one point per voxel) and every
 point takes its voxel's prediction; `--vote` runs the reference's test-time augmentation instead
-(13 views x all grid-sampling fragments, softmax summed per point; spec §8).
+(13 views x all grid-sampling fragments, softmax summed per point; docs/reference.md §8).
 """
 
 import argparse
@@ -24,7 +25,7 @@ import sys
 
 import numpy as np
 
-from ppt_jax import labels, render
+from ppt_jax import labels, normals, ply, render
 
 INPUT_SUFFIXES = (".ply", ".tfrecord")
 
@@ -78,9 +79,7 @@ def _checked(name, coord, color, normal, source):
         color = np.clip(np.rint(color), 0, 255)
     color = color.astype(np.uint8)
     if normal is None:
-        from data_prep import normals as normals_lib
-
-        normal = normals_lib.pca_normals(model_coord(coord))
+        normal = normals.pca_normals(model_coord(coord))
     else:
         normal = np.asarray(normal, np.float32)
         if not np.isfinite(normal).all():
@@ -90,56 +89,12 @@ def _checked(name, coord, color, normal, source):
     return Cloud(name, coord, color, normal, source)
 
 
-_ASCII_TYPES = {"char", "int8", "uchar", "uint8", "short", "int16", "ushort", "uint16", "int",
-                "int32", "uint", "uint32", "float", "float32", "double", "float64"}
-
-
-def _read_ascii_vertices(path):
-    """{property: array} of the vertex element of an ASCII PLY (other elements are skipped)."""
-    with open(path, "rb") as f:
-        lines = f.read().decode("ascii", "replace").splitlines()
-    elements, i = [], 1
-    while i < len(lines) and lines[i].strip() != "end_header":
-        words = lines[i].split()
-        if words and words[0] == "element":
-            elements.append((words[1], int(words[2]), []))
-        elif words and words[0] == "property" and elements:
-            elements[-1][2].append(words[1:])
-        i += 1
-    if i == len(lines):
-        raise InputError(path, "PLY header has no end_header line")
-    row = i + 1
-    for name, count, props in elements:
-        if name != "vertex":
-            row += count                                   # one line per item in ASCII PLY
-            continue
-        if any(p[0] == "list" or p[0] not in _ASCII_TYPES for p in props):
-            raise InputError(path, f"unsupported vertex property in {props}")
-        body = lines[row:row + count]
-        if len(body) < count:
-            raise InputError(path, f"truncated PLY: {count} vertices declared, {len(body)} lines")
-        try:
-            table = np.array([ln.split() for ln in body], np.float64).reshape(count, len(props))
-        except ValueError:
-            raise InputError(path, "vertex lines do not hold one number per property") from None
-        floats = ("float", "float32", "double", "float64")
-        return {p[1]: table[:, j] if p[0] in floats else table[:, j].astype(np.int64)
-                for j, p in enumerate(props)}
-    raise InputError(path, "PLY has no vertex element")
-
-
 def _read_ply_vertices(path):
-    """{property: array} of a PLY's vertices, ASCII or binary (data_prep.ply)."""
-    from data_prep import ply
-
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if not head.startswith(b"ply"):
-        raise InputError(path, "not a PLY file (it does not start with 'ply')")
-    if b"format ascii" in head:
-        return _read_ascii_vertices(path)
+    """{property: array} of a PLY's vertex element, ASCII or binary (`ppt_jax.ply`)."""
     try:
         vertex = ply.read_ply(path).get("vertex")
+    except ply.NotPlyError as err:
+        raise InputError(path, str(err).split(": ", 1)[-1]) from None
     except ValueError as err:
         raise InputError(path, f"unreadable PLY: {str(err).split(': ', 1)[-1]}") from None
     if vertex is None:
@@ -212,13 +167,14 @@ def hierarchy_capacities(rows, num_sites, levels, multiple=256):
     Coarser levels hold the exact max over rows of unique(floor(g / 2^l)) (the sparse engine's
     stride-2 sites), rounded up so that scenes of similar size share one compiled forward: no site
     is ever dropped, whatever the scene's shape."""
+    from ppt_jax.data import schema
+
     caps = [num_sites] + [0] * (levels - 1)
     for g in rows:
         g = np.asarray(g, np.int64)
         for level in range(1, levels):
-            c = g >> level
-            key = (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]      # coordinates < 2^21
-            caps[level] = max(caps[level], _round_up(len(np.unique(key)), multiple))
+            sites = len(np.unique(schema.ravel_grid(g >> level)))
+            caps[level] = max(caps[level], _round_up(sites, multiple))
     return tuple(min(c, num_sites) for c in caps)
 
 
@@ -352,8 +308,6 @@ def predict_cloud(predictor, cloud, dataset, vote=False, batch_size=4):
 
 def write_outputs(out_dir, cloud, dataset, label, confidence):
     """`<out>/<scene>.ply` (class colours, label, confidence) and `<out>/<scene>.png`."""
-    from data_prep import ply
-
     os.makedirs(out_dir, exist_ok=True)
     rgb = render.colorize(label, dataset)
     vertex = {"x": cloud.coord[:, 0], "y": cloud.coord[:, 1], "z": cloud.coord[:, 2],

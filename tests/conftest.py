@@ -1,8 +1,20 @@
-"""Shared fixtures."""
+"""Shared test set-up: JAX's persistent compilation cache for the whole suite, and shared fixtures.
 
+In-process tests and the `python -m ppt_jax.main` subprocesses of the end-to-end tests use one cache
+directory, kept between runs (`$PPT_TEST_COMPILATION_CACHE`, default `~/.cache/ppt_jax/jax-tests`):
+programs compiled once, by any test, in any earlier run, are loaded instead of compiled.
+"""
+
+import os
 import uuid
 
 import pytest
+
+from ppt_jax import compilation_cache
+
+ENV_CACHE = "PPT_TEST_COMPILATION_CACHE"
+os.environ.setdefault(ENV_CACHE, compilation_cache.default_dir() + "-tests")   # subprocesses read it
+compilation_cache.enable(os.environ[ENV_CACHE])
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Property tests of the reference transforms (spec §7-§8) against independent numpy/scipy references."""
+"""Property tests of the reference transforms (docs/reference.md §7-§8) against independent numpy/scipy references."""
 
 import numpy as np
 import pytest

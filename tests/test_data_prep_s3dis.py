@@ -111,7 +111,8 @@ def test_bad_area_files_stop_before_any_work(raw, tmp_path, capsys):
     nothing written; a malformed line is named with its file and line."""
     out = tmp_path / "out"
     assert s3dis.main(["--raw", raw, "--out", str(out), "--workers", "1", "--no_progress"]) == 2
-    missing = ", ".join(os.path.join(raw, a, f"{a}_alignmentAngle.txt") for a in ("Area_2", "Area_3", "Area_4", "Area_6"))
+    missing = ", ".join(os.path.join(raw, a, f"{a}_alignmentAngle.txt")
+                        for a in ("Area_2", "Area_3", "Area_4", "Area_6"))
     assert capsys.readouterr().err.strip() == (f"error: missing inputs: {missing}; --areas selects a subset "
                                                f"of Area_1,Area_2,Area_3,Area_4,Area_5,Area_6")
     assert not out.exists()

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from data_prep import ply, scannet
+from data_prep import scannet
+from ppt_jax import ply
 from test_data_prep_writer import read_split
 
 # 7 vertices: a unit square in z=0 (two triangles), a triangle in x=0, a vertex in no face (v5) and a
@@ -96,8 +97,8 @@ def test_cli_shards_and_broken_scenes(raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 1
     bad_ply = os.path.join(raw, "scans", "scene0001_00", "scene0001_00_vh_clean_2.ply")
-    assert (f"skipped scene0001_00: {bad_ply}: unreadable PLY: truncated PLY: element 'face' needs 39 bytes, "
-            "19 left") in printed
+    assert (f"skipped scene0001_00: {bad_ply}: unreadable PLY: truncated PLY (element 'face': row 1: "
+            "early end-of-file)") in printed
     assert "scene0003_00.aggregation.json: file not found" in printed
     nan_ply = os.path.join(raw, "scans", "scene0004_00", "scene0004_00_vh_clean_2.ply")
     assert f"skipped scene0004_00: {nan_ply}: 1 of 7 points have non-finite coord" in printed

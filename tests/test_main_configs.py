@@ -1,5 +1,6 @@
-"""Every config loads, is consistent with the pipeline's checks and documents its command; the setup
-helpers (override merge, condition matching by name, hierarchy capacities) behave and fail clearly."""
+"""Every config loads, is consistent with the pipeline's checks and documents its command; flags
+beat every default; the setup helpers (condition matching by name, hierarchy capacities, the model
+built from config.model) behave and fail clearly."""
 
 import glob
 import importlib
@@ -7,11 +8,12 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
-from ppt_jax import data, labels
+from ppt_jax import data, labels, main
 from ppt_jax.train import setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,17 +25,19 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 
 def test_config_is_consistent_and_documents_its_command(name):
     module = importlib.import_module(f"configs.{name}")
     assert f"python -m ppt_jax.main --config=configs/{name}.py" in module.__doc__
-    c = module.get_config()
+    c = main.embedded_data(module.get_config(), "runs/x")[0]
     data.check_config(c.data, train=True)
     assert set(c.data.datasets) <= set(c.model.conditions)
     assert set(c.eval.datasets) <= set(c.data.datasets)
     setup.condition_map(c)
     setup.hierarchy_spec(c, c.data.num_sites)
+    model = setup.build_model(c, None)          # every config.model field is a models.PPT field
+    assert model.channels == tuple(c.model.channels) and model.head == c.model.head
 
 
 def test_joint_is_the_reference_recipe():
     from configs import joint
-    c = joint.get_config()
+    c = joint.get_config("reference")
     assert c.data.datasets == (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
     assert c.data.ratios == (4, 2, 1) and c.data.batch_size == 24 and c.data.mix_prob == 0.8
     assert c.data.grid_size == 0.02
@@ -55,10 +59,49 @@ def test_naive_joint_and_ablation_switches():
     assert "group_lr_scale" in c.optim
 
 
-def test_merge_is_recursive_and_condition_map_matches_by_name():
-    c = ml_collections.ConfigDict({"a": {"b": 1, "c": 2}, "d": 3})
-    setup.merge(c, {"a": {"b": 5}})
-    assert c.to_dict() == {"a": {"b": 5, "c": 2}, "d": 3}
+def _load(argv):
+    """The config `python -m ppt_jax.main <argv>` trains with (flags parsed as main parses them)."""
+    values, argv = flags.FlagValues(), ["main", *argv]
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return main.embedded_data(values.config, "runs/x")[0]
+
+
+# One field of every section, each set to a value no variant uses.
+OVERRIDES = {"train.steps": 7, "train.log_every": 3, "model.channels": (8, 8, 8, 8, 8, 8, 8, 8),
+             "model.base_channels": 12, "data.batch_size": 6, "data.num_sites": 777,
+             "data.train_dirs.ScanNet": "/x/train", "eval.val_dirs.ScanNet": "/y/val",
+             "sparse.capacity_margin": 1.37, "optim.lr": 0.123,
+             "text.encoder": "minilm", "synthetic.scenes": (3, 2, 1), "seed": 5}
+
+
+@pytest.mark.parametrize("config", ["configs/joint.py", "configs/joint.py:synthetic",
+                                    "configs/joint.py:reference", "configs/tiny.py",
+                                    "configs/finetune.py:tiny"])
+def test_flags_beat_every_default(config):
+    c = _load([f"--config={config}"] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()])
+    for key, value in OVERRIDES.items():
+        got = c
+        for part in key.split("."):
+            got = got[part]
+        assert got == value, (config, key, got)
+
+
+def test_embedded_default_fills_only_empty_data_dirs():
+    c = _load(["--config=configs/joint.py:synthetic", "--config.data.train_dirs.ScanNet=/x/train"])
+    assert c.synthetic.enabled and "joint.py:synthetic" in c.synthetic.reason
+    assert c.data.train_dirs.ScanNet == "/x/train"
+    assert c.data.train_dirs.S3DIS == os.path.join("runs/x", "synthetic", "S3DIS", "train")
+    assert c.eval.val_dirs.Structured3D == os.path.join("runs/x", "synthetic", "Structured3D", "val")
+    reference = _load(["--config=configs/joint.py:reference"])
+    assert not reference.synthetic.enabled
+    assert reference.data.train_dirs.ScanNet == "data/shards/ScanNet/train"
+    with pytest.raises(Exception, match="config argument 'bogus'"):
+        _load(["--config=configs/joint.py:bogus"])
+
+
+def test_condition_map_matches_by_name():
     from configs import finetune
     f = finetune.get_config()
     assert setup.condition_map(f).tolist() == [1]        # ScanNet is the export's condition 1
@@ -72,7 +115,7 @@ def test_hierarchy_capacities_come_from_measured_crops(tmp_path):
     """Capacities = largest measured crop x margin (level 0: the budget), pair lists at the fine levels,
     measured once per work directory (a second call reads the file, never the crops)."""
     from configs import joint
-    c = joint.get_config()
+    c = joint.get_config("reference")
     rng = np.random.default_rng(0)
     crops = [np.unique(rng.integers(0, 40, (n, 3)), axis=0) for n in (700, 900)]
     stats = setup.level_stats(tmp_path, "train", lambda: crops)
@@ -88,6 +131,21 @@ def test_hierarchy_capacities_come_from_measured_crops(tmp_path):
     assert setup.hierarchy_spec(c, 1000, stats).pair_capacities == (0,) * 5
 
 
+def test_model_config_is_every_ppt_field_with_its_default():
+    import dataclasses
+
+    from configs import base
+    from ppt_jax import models
+    c = base.recipe("x")
+    defaults = {f.name: f.default for f in dataclasses.fields(models.PPT)}
+    for key, value in c.model.items():
+        if key not in ("conditions", "dtype"):
+            assert value == defaults[key], key
+    c.model.bogus = 1
+    with pytest.raises(ValueError, match="config.model.bogus is not a field of models.PPT"):
+        setup.build_model(c, None)
+
+
 def test_main_without_config_is_a_usage_error():
     out = subprocess.run([sys.executable, "-m", "ppt_jax.main"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
@@ -95,9 +153,9 @@ def test_main_without_config_is_a_usage_error():
 
 
 def test_a_typo_in_one_shard_path_is_an_error_not_synthetic_data(tmp_path):
-    from configs import tiny
+    from configs import joint
 
-    config = tiny.get_config()
+    config = joint.get_config("reference")
     for name in labels.DATASETS:
         for field, split in ((config.data.train_dirs, "train"), (config.eval.val_dirs, "val")):
             split_dir = tmp_path / "shards" / name / split
@@ -105,11 +163,19 @@ def test_a_typo_in_one_shard_path_is_an_error_not_synthetic_data(tmp_path):
             (split_dir / "manifest.json").write_text("{}")
             field[name] = str(split_dir)
     config.data.train_dirs["ScanNet"] = str(tmp_path / "shards" / "ScanNt" / "train")
+    assert main.embedded_data(config, str(tmp_path / "work"))[1] is None    # nothing to generate
     with pytest.raises(FileNotFoundError) as err:
-        setup.resolve_data(config, str(tmp_path / "work"))
+        setup.check_splits(config, ("train", "val"))
     assert str(err.value).startswith(f"config.data.train_dirs.ScanNet = "
                                      f"'{tmp_path}/shards/ScanNt/train': no shard manifest there")
     assert not (tmp_path / "work" / "synthetic").exists()
+    setup.check_splits(config, ("val",))                 # evaluation reads no train split
+    # The auto variant with some shards present is the reference (the missing one then fails),
+    # never the synthetic data.
+    from configs import base
+    c = base.recipe("joint")
+    c.data.train_dirs, c.eval.val_dirs = config.data.train_dirs, config.eval.val_dirs
+    assert not base.variant(c, "").synthetic.enabled
 
 
 def test_the_synthetic_default_refuses_an_object_storage_workdir(ram_dir):
@@ -117,5 +183,5 @@ def test_the_synthetic_default_refuses_an_object_storage_workdir(ram_dir):
 
     with pytest.raises(ValueError, match=f"--workdir {ram_dir}/w: the embedded synthetic default is "
                                          f"written with the local file system"):
-        setup.resolve_data(tiny.get_config(), f"{ram_dir}/w")
+        main.embedded_data(tiny.get_config(), f"{ram_dir}/w")
     assert not os.path.exists("ram:")

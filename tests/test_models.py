@@ -293,7 +293,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stats(small_batch, train_step
 
 
 def test_init_matches_reference(small_batch):
-    """spec §14: subm convs and Linear trunc_normal(0.02), strided/inverse U(+-1/sqrt(8 C_in)),
+    """docs/reference.md §14: subm convs and Linear trunc_normal(0.02), strided/inverse U(+-1/sqrt(8 C_in)),
     BN 1/0, prompts N(0,1), proj_head PyTorch default U(+-1/sqrt(F)); checked per module (a whole
     model init compiles ~60 random ops, too slow for this suite)."""
     model, _, (coords, mask, feat, h, cond) = small_batch
@@ -322,7 +322,7 @@ def test_init_matches_reference(small_batch):
 
 
 def test_full_size_parameter_count():
-    """The reference's counts (spec §14): PPT-v1m1 43,648,704; SpUNet-v1m3 backbone 43,598,272."""
+    """The reference's counts (docs/reference.md §14): PPT-v1m1 43,648,704; SpUNet-v1m3 backbone 43,598,272."""
     model = models.PPT(DATASETS, text_table=np.eye(36, 512, dtype=np.float32))
     n = 64
     shapes = (jax.ShapeDtypeStruct((1, n, 6), jnp.float32),

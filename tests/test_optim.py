@@ -123,9 +123,10 @@ def test_adamw_matches_torch_adamw_with_cycled_beta1():
 
 
 def test_group_mask_selects_prompt_and_modulation_paths():
+    from ppt_jax import models
     params = {"embedding_table_prompt": 1.0, "enc": {"bn": {"modulation": {"kernel": 2.0}},
                                                      "conv": 3.0}}
-    mask = optim.group_mask(params, ("prompt", "modulation"))
+    mask = models.prompt_param_mask(params, ("prompt", "modulation"))
     assert mask == {"embedding_table_prompt": True, "enc": {"bn": {"modulation": {"kernel": True}},
                                                             "conv": False}}
 

@@ -341,10 +341,10 @@ def test_import_choices_and_refusals(imported, tmp_path, capsys):
 def test_finetune_from_an_import_refuses_other_settings(imported):
     """A fine-tune run with the defaults (intended order) from a code_faithful import: one message."""
     from configs import finetune
-    from ppt_jax.train import loop
+    from ppt_jax.train import setup
     _, out = imported
     config = finetune.get_config("tiny")
     config.init.export_dir = str(out)
     with pytest.raises(ValueError, match="config.model.s3dis_order: export 'code_faithful', this run "
                                          "'intended'.*--config.model.s3dis_order=code_faithful"):
-        loop._load_init(types.SimpleNamespace(config=config), {})
+        setup.init_from_export(types.SimpleNamespace(config=config), {})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import ply
+from ppt_jax import ply
 from ppt_jax import labels, predict, render
 from ppt_jax.data import pipeline, schema
 

@@ -8,8 +8,8 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from data_prep import ply, synthetic  # noqa: E402
-from ppt_jax import labels, predict, render  # noqa: E402
+from data_prep import synthetic  # noqa: E402
+from ppt_jax import labels, ply, predict, render  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def export_dir(tmp_path_factory):
     config.text.encoder = "minilm"
     table, _ = setup.text_table(config, out)
     variables = setup.init_variables(setup.build_model(config, table), config, seed=0)
-    return checkpoint.export(out, jax.device_get(variables), config.to_dict())
+    return str(checkpoint.export(out, jax.device_get(variables), config.to_dict()))
 
 
 def _scene_ply(path, domain, binary):

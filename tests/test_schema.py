@@ -37,11 +37,17 @@ def test_round_trip_every_field(num_sites, num_points):
         np.testing.assert_array_equal(got[name], src.get(name, np.zeros(0, np.int32)))
 
 
-def test_padding_rows_in_the_tf_parser():
-    parsed = schema.parse_scene(tf.constant(schema.encode_scene(scene(1025))))
-    assert parsed["coord"].shape == (2048, 3) and int(parsed["num_sites"]) == 1025
-    assert (parsed["segment"][1025:].numpy() == -1).all() and (parsed["instance"][1025:].numpy() == -1).all()
-    assert (parsed["grid_coord"][1025:].numpy() == -1).all() and not parsed["color"][1025:].numpy().any()
+def test_padding_rows_as_stored():
+    # Read back with TensorFlow's own Example parser and raw-byte decoder (independent of decode_scene).
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in ("coord", "color", "segment", "instance",
+                                                               "grid_coord")}
+    spec["num_sites"] = tf.io.FixedLenFeature([], tf.int64)
+    ex = tf.io.parse_single_example(tf.constant(schema.encode_scene(scene(1025))), spec)
+    raw = {k: tf.io.decode_raw(ex[k], tf.as_dtype(schema.SITE_FIELDS[k][0]), little_endian=True).numpy()
+           for k in ("coord", "color", "segment", "instance", "grid_coord")}
+    assert raw["coord"].shape == (2048 * 3,) and int(ex["num_sites"]) == 1025
+    assert (raw["segment"][1025:] == -1).all() and (raw["instance"][1025:] == -1).all()
+    assert (raw["grid_coord"][1025 * 3:] == -1).all() and not raw["color"][1025 * 3:].any()
     assert schema.padded_size(0) == schema.PAD_MULTIPLE and schema.padded_size(2049) == 3072
 
 

@@ -107,9 +107,8 @@ def test_availability_check_loads_nothing(tiny_clip, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(text.EncoderUnavailable, match=r"looked for .*config\.json and one of .*flax_model\.msgpack"):
         text.check_available("clip", str(tmp_path))
-    assert text.default_encoder(tiny_clip[0]) == ("clip", f"text encoder: clip ({tiny_clip[0]})")
-    name, note = text.default_encoder(str(tmp_path))
-    assert name == "minilm" and "not CLIP" in note and str(tmp_path / "flax_model.msgpack") in note
+    with pytest.raises(text.EncoderUnavailable, match=str(tmp_path / "flax_model.msgpack")):
+        text.check_available("clip", str(tmp_path), local_only=True)
 
 
 def test_config_pooling_at_a_non_eot_token_is_refused(tmp_path):
@@ -136,7 +135,8 @@ def test_missing_weights_name_the_paths(tmp_path):
 
 def test_offline_hub_id_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert text.default_encoder("ppt-jax-tests/no-such-clip")[0] == "minilm"
+    with pytest.raises(text.EncoderUnavailable):
+        text.check_available("clip", "ppt-jax-tests/no-such-clip", local_only=True)
     with pytest.raises(text.EncoderUnavailable, match=r"'ppt-jax-tests/no-such-clip' is not a local directory.*"
                                                       r"HF_HUB_OFFLINE is set.*config\.json"):
         text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path="ppt-jax-tests/no-such-clip")

@@ -1,8 +1,8 @@
 """End to end through `python -m ppt_jax.main` on tiny synthetic data (subprocesses: the simulated
 device count must be fixed before JAX starts).
 
-One module-scoped sequence of runs shares the synthetic shards, the text table and a persistent XLA
-compilation cache, so identical steps compile once:
+One module-scoped sequence of runs shares the synthetic shards, the text table and the suite's
+persistent XLA compilation cache (tests/conftest.py), so identical steps compile once:
   A  2 simulated devices, the embedded default path (shards absent -> synthetic data generated);
   B  1 device, the same recipe on A's shards: the same loss curve;
   C  1 device, stopped at step 10, then resumed: the same per-step losses as B;
@@ -35,19 +35,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("Structured3D", "ScanNet", "S3DIS")
 
 
-def _env(cache, devices):
+def _env(devices):
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2",
+    env.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=os.environ["PPT_TEST_COMPILATION_CACHE"],
+               TF_CPP_MIN_LOG_LEVEL="2",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return env
 
 
-def _main(cache, devices, workdir, *flags, config="configs/tiny.py", mode="train", stderr=None):
+def _main(devices, workdir, *flags, config="configs/tiny.py", mode="train", stderr=None):
     """stdout of one `python -m ppt_jax.main` run; its stderr (JAX's compile log) into `stderr`."""
     cmd = [sys.executable, "-m", "ppt_jax.main", f"--config={config}", f"--workdir={workdir}",
            f"--mode={mode}", *flags]
-    env = _env(cache, devices)
+    env = _env(devices)
     if stderr is not None:
         env["JAX_LOG_COMPILES"] = "1"      # JAX logs "Compiling jit(<fn>) ..." for every compile
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -77,11 +78,11 @@ def _data_flags(root):
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    cache = root / "xla_cache"
-    (root / "A.stdout").write_text(_main(cache, 2, root / "A", stderr=root / "A.stderr"))
-    _main(cache, 1, root / "B", *_data_flags(root))
-    _main(cache, 1, root / "C", *_data_flags(root), "--config.train.stop_at_step=10")
-    _main(cache, 1, root / "C", *_data_flags(root))
+    (root / "A.stdout").write_text(_main(2, root / "A", stderr=root / "A.stderr"))
+    _main(1, root / "B", *_data_flags(root))
+    (root / "C.stdout").write_text(
+        _main(1, root / "C", *_data_flags(root), "--config.train.stop_at_step=10"))
+    _main(1, root / "C", *_data_flags(root))
     return root
 
 
@@ -119,6 +120,29 @@ def test_one_device_gives_the_same_loss_curve(root):
     np.testing.assert_allclose(b, a, rtol=1e-2)
 
 
+def test_a_second_start_of_the_same_config_compiles_nothing(root):
+    # C's first part runs B's configuration again (another work directory, stopped at step 10):
+    # every XLA program comes from the persistent compilation cache B filled.
+    assert "XLA programs: 0 compiled" in (root / "C.stdout").read_text()
+
+
+def test_the_readme_command_trains_the_steps_its_flags_say(root):
+    """`--config=configs/joint.py --config.train.steps=7` on a checkout without shards: the synthetic
+    variant (300 steps by default) trains 7 (fewer generated rooms, same model, to save time)."""
+    from configs import base, joint
+    config = ("configs/joint.py" if base.missing_shards(joint.get_config("reference"))
+              else "configs/joint.py:synthetic")
+    out = _main(1, root / "J", "--config.train.steps=7",
+                "--config.synthetic.scenes=(8,4,4)", "--config.synthetic.val_scenes=(1,1,1)",
+                f"--config.text.cache_dir={root / 'A' / 'text'}", config=config)
+    start = _records(root / "J", "start")[0]
+    assert start["total_steps"] == 7 and start["config"]["train"]["steps"] == 7 and start["synthetic"]
+    assert start["config"]["model"]["channels"] == [16, 16, 32, 32, 32, 32, 16, 16]
+    assert [r["step"] for r in _records(root / "J", "train")] == [7]
+    assert _records(root / "J", "final")[0]["step"] == 7
+    assert "step 7/7" in out and os.listdir(root / "J" / "checkpoints") == ["7"]
+
+
 def test_stop_and_resume_equals_the_uninterrupted_run(root):
     assert [r["step"] for r in _records(root / "C", "stopped")] == [10]
     starts = _records(root / "C", "start")
@@ -132,15 +156,20 @@ def test_stop_and_resume_equals_the_uninterrupted_run(root):
         assert fc[name]["mIoU"] == pytest.approx(fb[name]["mIoU"], abs=1e-9)
 
 
+def _without_train_shards(root):
+    """B's data flags with every train split pointing nowhere (as if its shards were deleted)."""
+    gone = root / "deleted-train-shards"
+    return _data_flags(root) + [f"--config.data.train_dirs.{n}={gone / n / 'train'}" for n in DATASETS]
+
+
 def test_export_then_finetune_loads_and_trains(root):
-    cache = root / "xla_cache"
-    _main(cache, 1, root / "B", *_data_flags(root), mode="export")
+    _main(1, root / "B", *_without_train_shards(root), mode="export")
     export = root / "B" / "export"
     assert (export / "config.json").exists()
     flags = [f"--config.init.export_dir={export}", f"--config.text.cache_dir={root / 'A' / 'text'}",
              f"--config.data.train_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'train'}",
              f"--config.eval.val_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'val'}"]
-    out = _main(cache, 1, root / "F", *flags, config="configs/finetune.py:tiny")
+    out = _main(1, root / "F", *flags, config="configs/finetune.py:tiny")
     start = _records(root / "F", "start")[0]
     assert start["init_arrays_loaded"] > 0
     final = _records(root / "F", "final")[0]
@@ -155,7 +184,6 @@ def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
     import glob
 
     import test_pointcept_import as tpi
-    cache = root / "xla_cache"
     state = tpi.random_state(tpi.reference_shapes(**tpi.SMALL, context=8, text_dim=384))
     (table,) = glob.glob(str(root / "A" / "text" / "text_embeddings" / "*.npy"))
     state["module.class_embedding"] = np.load(table)
@@ -163,10 +191,10 @@ def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
     export = root / "I" / "export"
     cmd = [sys.executable, "-m", "ppt_jax.models.pointcept_import", "--checkpoint", str(root / "pointcept.npz"),
            "--out", str(export), "--config", "configs/tiny.py", "--s3dis_order", "intended"]
-    out = subprocess.run(cmd, cwd=REPO, env=_env(cache, 1), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(full model)" in out.stdout and "model.s3dis_order='intended' (NOT the reference's" in out.stdout
-    out = _main(cache, 1, root / "I", *_data_flags(root), f"--config.init.export_dir={export}",
+    out = _main(1, root / "I", *_data_flags(root), f"--config.init.export_dir={export}",
                 "--checkpoint=export", mode="eval")
     assert f"single-pass val of the export {export}" in out
     for name in DATASETS:
@@ -174,22 +202,40 @@ def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
     flags = [f"--config.init.export_dir={export}", "--config.train.steps=2",
              f"--config.data.train_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'train'}",
              f"--config.eval.val_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'val'}"]
-    _main(cache, 1, root / "IF", *flags, config="configs/finetune.py:tiny")
+    _main(1, root / "IF", *flags, config="configs/finetune.py:tiny")
     assert _records(root / "IF", "start")[0]["init_arrays_loaded"] > 0
     assert list(_records(root / "IF", "final")[0]["results"]) == ["ScanNet"]
 
 
-NAN_PROBE = """
+# The probes' first lines: configs/tiny.py on run A's shards and text table (argv: workdir, text
+# cache, then dataset/train-dir pairs).
+TINY_ON_A = """
 import sys
 import jax, numpy as np
 from configs import tiny
-from ppt_jax import data
-from ppt_jax.train import loop, optim, setup, step as step_lib
-from ppt_jax.train.setup import merge
 cfg = tiny.get_config()
-merge(cfg, {"text": {"cache_dir": sys.argv[2]}, "data": {"train_dirs": dict(zip(sys.argv[3::2], sys.argv[4::2]))},
-            "eval": {"val_dirs": {n: d.replace("/train", "/val") for n, d in zip(sys.argv[3::2], sys.argv[4::2])}}})
-run = loop.prepare(cfg, sys.argv[1])
+dirs = dict(zip(sys.argv[3::2], sys.argv[4::2]))
+cfg.update({"text": {"cache_dir": sys.argv[2]}, "data": {"train_dirs": dirs},
+            "eval": {"val_dirs": {n: d.replace("/train", "/val") for n, d in dirs.items()}}})
+"""
+
+
+def _probe(root, code, name):
+    """stdout of `code` (after TINY_ON_A) run on one device with work directory root/name."""
+    args = [str(root / name), str(root / "A" / "text")]
+    for dataset in DATASETS:
+        args += [dataset, str(root / "A" / "synthetic" / dataset / "train")]
+    out = subprocess.run([sys.executable, "-c", TINY_ON_A + code, *args], cwd=REPO, env=_env(1),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout
+
+
+NAN_PROBE = """
+from ppt_jax import data
+from ppt_jax.data import pipeline
+from ppt_jax.train import loop, optim, setup, step as step_lib
+run = setup.prepare(cfg, sys.argv[1])
 tx, lr_fn = optim.make_optimizer(run.config.optim, 8)
 state = setup.new_state(setup.init_variables(run.model, run.config, 0), tx, 0, run.mesh)
 before = jax.device_get(state.params)
@@ -197,29 +243,58 @@ fn = step_lib.make_train_step(run.model, tx, lr_fn, setup.hierarchy_spec(run.con
 batch = next(data.train_dataset(run.config.data))
 batch["feat"] = batch["feat"].copy()
 batch["feat"][0, 0, 0] = np.nan
-state, m = fn(state, loop._to_device(run, batch, data.pipeline.TRAIN_KEYS[:-1]))
+state, m = fn(state, run.device_batch(batch, pipeline.TRAIN_KEYS[:-1]))
 m = jax.device_get(m)
 assert not m["finite"]
 assert int(state.step) == 0
 for x, y in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(jax.device_get(state.params))):
     np.testing.assert_array_equal(x, y)
-print(loop._nonfinite_message(0, m, run.conditions))
+print(loop.nonfinite_message(0, m, run.conditions))
 """
 
 
 def test_nan_in_a_batch_is_reported_and_not_applied(root):
-    args = [str(root / "N"), str(root / "A" / "text")]
-    for name in DATASETS:
-        args += [name, str(root / "A" / "synthetic" / name / "train")]
-    out = subprocess.run([sys.executable, "-c", NAN_PROBE, *args], cwd=REPO,
-                         env=_env(root / "xla_cache", 1), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "step 0: non-finite loss" in out.stdout and "Structured3D" in out.stdout
-    assert "NOT applied" in out.stdout
+    out = _probe(root, NAN_PROBE, "N")
+    assert "step 0: non-finite loss" in out and "Structured3D" in out
+    assert "NOT applied" in out
+
+
+LOOP_PROBE = """
+from ppt_jax.train import loop
+fetched_after = []
+fetch = loop._Metrics.fetch
+def counting_fetch(self):
+    fetched_after.append(self.pending[-1][0] + 1)
+    fetch(self)
+loop._Metrics.fetch = counting_fetch
+cfg.update({"train": {"log_every": 5, "checkpoint_every": 100, "profile_steps": (3, 4)}})
+with jax.transfer_guard_device_to_host("disallow"):      # no implicit fetch anywhere in the loop
+    loop.train(cfg, sys.argv[1])
+print("fetched after steps", fetched_after)
+"""
+
+
+def test_the_loop_fetches_metrics_on_log_steps_only(root):
+    """21 steps logged every 5: the step metrics reach the host after steps 5, 10, 15, 20 and 21
+    (the last), nowhere else; device-to-host transfers other than explicit fetches are refused.
+    Steps 3-4 are profiled on request."""
+    assert "fetched after steps [5, 10, 15, 20, 21]" in _probe(root, LOOP_PROBE, "L")
+    traces = list((root / "L" / "profile").glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    np.testing.assert_allclose([r["last_loss"] for r in _records(root / "L", "train")],
+                               [_losses(root / "B")[s] for s in (5, 10, 15, 20, 21)], rtol=1e-6)
+
+
+def test_eval_mode_needs_no_train_shards(root):
+    out = _main(1, root / "B", *_without_train_shards(root), mode="eval")
+    assert "single-pass val of the best checkpoint (step 21)" in out
+    final = _records(root / "B", "final")[0]["results"]
+    for name in DATASETS:                           # the best checkpoint is the final one here
+        assert f"{name}  " in out and final[name]["points"] > 0
 
 
 def test_test_mode_votes_over_thirteen_views(root):
-    out = _main(root / "xla_cache", 1, root / "B", *_data_flags(root), mode="test")
+    out = _main(1, root / "B", *_without_train_shards(root), mode="test")
     assert "13-view test of the best checkpoint" in out
     for name in DATASETS:
         assert name in out
@@ -247,14 +322,14 @@ def _signal_when_logged(proc, log, line, pid_file, timeout=900):
 
 
 def test_two_processes_train_what_one_process_trains(root):
-    """Issue 6: the trainer itself, multi-process, on the embedded default. Each process reads 1 row
-    of every global batch of 2; the step sees both rows. Process 1 alone is sent SIGTERM after step 2: both processes stop at
-    the same step and save once; the rerun resumes. Losses, every array of the final checkpoint and
+    """The trainer itself, multi-process, on the embedded default. Each process reads 1 row of every
+    global batch of 2; the step sees both rows. Process 1 alone is sent SIGTERM after step 2: both
+    processes stop at the same step and save once; the rerun resumes. Losses, every array of the final checkpoint and
     the evaluation equal run A (one process, two devices, the same global batches)."""
     cmd = ["bash", "launch/local.sh", "-n", "2", "-l", None, "--", sys.executable, "-m", "ppt_jax.main",
            "--config=configs/tiny.py", f"--workdir={root / 'M'}"]
     logs = [root / "M-logs-1", root / "M-logs-2"]
-    env = _env(root / "xla_cache", 1)
+    env = _env(1)
     cmd[5] = str(logs[0])
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -320,8 +395,8 @@ runpy.run_module("ppt_jax.main", run_name="__main__")
 
 def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(root):
     workdir, release = root / "K", root / "K.release"
-    flags = [f"--config=configs/tiny.py", f"--workdir={workdir}", *_data_flags(root)]
-    env = dict(_env(root / "xla_cache", 1), KILL_IN_SAVE_STEP="14", KILL_IN_SAVE_RELEASE=str(release))
+    flags = ["--config=configs/tiny.py", f"--workdir={workdir}", *_data_flags(root)]
+    env = dict(_env(1), KILL_IN_SAVE_STEP="14", KILL_IN_SAVE_RELEASE=str(release))
     first = subprocess.Popen([sys.executable, "-c", KILL_IN_SAVE, *flags], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -333,7 +408,7 @@ def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(ro
     # While the first run holds the directory, a second one fails at once naming it.
     t0 = time.time()
     second = subprocess.run([sys.executable, "-m", "ppt_jax.main", *flags], cwd=REPO,
-                            env=_env(root / "xla_cache", 1), capture_output=True, text=True,
+                            env=_env(1), capture_output=True, text=True,
                             timeout=300)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert f"is in use by another training run: process {first.pid}" in second.stderr
@@ -342,7 +417,7 @@ def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(ro
     first.wait(timeout=300)
     assert first.returncode == -signal.SIGKILL
     assert not (workdir / "checkpoints" / "14").exists()
-    _main(root / "xla_cache", 1, workdir, *_data_flags(root))
+    _main(1, workdir, *_data_flags(root))
     assert [s["step"] for s in _records(workdir, "start")] == [0, 7]
     steps = [r["step"] for r in _records(workdir, "train")]
     assert steps == list(range(1, 22))                 # one record per step, none twice

@@ -4,7 +4,7 @@ import json
 
 from etils import epath
 
-from ppt_jax.train import loop
+from ppt_jax.train import evaluate, loop
 
 
 def _line(event, step, **kw):
@@ -50,7 +50,7 @@ def test_results_table_on_object_storage(ram_dir, capsys):
 
     run = SimpleNamespace(workdir=ram_dir, synthetic=True, text_info={"note": "", "used": "minilm"})
     result = {"mIoU": 0.5, "mAcc": 0.6, "allAcc": 0.7, "points": 10, "iou": {"wall": 0.5}}
-    loop._final_table(run, {"S3DIS": result}, "after 3 steps")
+    evaluate.final_table(run, {"S3DIS": result}, "after 3 steps")
     text = (epath.Path(ram_dir) / "results.txt").read_text()
     assert text.startswith("PPT per-dataset results after 3 steps") and "S3DIS" in text
     assert "S3DIS" in capsys.readouterr().out

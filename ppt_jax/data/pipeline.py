@@ -23,7 +23,7 @@ with more than N sites is sphere-cropped to N, and the removed sites are counted
 shorter rows are padded (mask False, zeros, segment -1). `batch_metrics(batch)` gives the padding
 waste and crop counts for logging.
 
-Mix3D with static shapes (deviation from the reference, decided by the lead): the reference merges
+Mix3D with static shapes (a deviation from the reference, docs/reference.md §6): the reference merges
 pairs of scenes of a batch into one cloud with probability `mix_prob` (B scenes -> B/2 clouds). Here a
 mixed batch (probability `mix_prob` per step, from (seed, step)) keeps B rows, and each row overlays two
 independently augmented scenes of its own dataset in the same frame (no re-voxelisation), each
@@ -74,10 +74,10 @@ import numpy as np
 import tensorflow as tf
 
 from ppt_jax import labels
-from ppt_jax.data import augment, records, schedule
+from ppt_jax.data import augment, records, schedule, schema
 
 MIXING_MODES = ("round_robin", "per_sample")
-# Spec §8: rotations about z x scales, then one flip of x and y.
+# docs/reference.md §8: rotations about z x scales, then one flip of x and y.
 TTA_VIEWS = tuple((angle * np.pi, scale, False) for scale in (1.0, 0.95, 1.05)
                    for angle in (0.0, 0.5, 1.0, 1.5)) + ((0.0, 1.0, True),)
 TRAIN_KEYS = ("grid_coord", "mask", "feat", "segment", "condition", "cropped_sites")
@@ -87,13 +87,15 @@ DEFAULT_COLOR_NORM = "unit"
 
 
 def default_config():
-    """The reference's three-dataset recipe (spec §6-§7); shard directories left for the user."""
+    """The reference's three-dataset recipe (docs/reference.md); shard directories left for the user.
+
+    The one source of the data defaults: `configs/base.py` starts from it."""
     c = ml_collections.ConfigDict()
     c.datasets = (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
     c.train_dirs = {name: "" for name in c.datasets}
     c.ratios = (4, 2, 1)
     c.mixing = "round_robin"
-    c.batch_size = 3
+    c.batch_size = 24               # global (all hosts), as the reference's 24 over 8 GPUs
     c.num_sites = 100_000
     c.grid_size = 0.02
     c.color_norm = DEFAULT_COLOR_NORM
@@ -107,7 +109,7 @@ def default_config():
     c.eval_batch_size = 1
     c.eval_num_sites = 1 << 18
     c.eval_num_points = 1 << 20
-    c.test_batch_size = 4
+    c.test_batch_size = 8
     c.verify_sha256 = False
     return c
 
@@ -199,10 +201,8 @@ def _crop_budget_fn(cfg, name):
 
 def merge_mix3d(first, second):
     """Overlay two clouds; drop the second's sites whose grid_coord the first already has."""
-    grid = np.concatenate([first["grid_coord"], second["grid_coord"]]).astype(np.int64)
-    extent = grid.max(0) + 1
-    key = (grid[:, 0] * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
-    _, keep = np.unique(key, return_index=True)  # first occurrence: the first cloud wins
+    grid = np.concatenate([first["grid_coord"], second["grid_coord"]])
+    _, keep = np.unique(schema.ravel_grid(grid), return_index=True)  # first occurrence wins
     merged = {k: np.concatenate([first[k], second[k]]) for k in first}
     return augment.take(merged, np.sort(keep))
 
@@ -261,13 +261,7 @@ class _TrainRows:
         self.names = tuple(cfg.datasets)
         self.indexes = [_open_index(cfg.train_dirs[name], name, cfg) for name in self.names]
         self.crop_fns = [_crop_budget_fn(cfg, name) for name in self.names]
-        units = [len(index) if cfg.mixing == "per_sample" else len(index) // cfg.batch_size
-                 for index in self.indexes]
-        for name, index, n in zip(self.names, self.indexes, units):
-            if n < 1:
-                raise ValueError(f"{name} ({index.split_dir}): {len(index)} scenes cannot fill one "
-                                 f"batch of config.data.batch_size={cfg.batch_size} rows")
-        self.schedule = schedule.RatioSchedule(units, tuple(cfg.ratios))
+        self.schedule = _ratio_schedule(cfg, [len(index) for index in self.indexes])
 
     def _scenes(self, d, key):
         return schedule.pass_scenes(len(self.indexes[d]), self.cfg.seed, key)
@@ -307,6 +301,17 @@ class _TrainRows:
             cloud, cropped = merge_mix3d(first, second), cropped_a + cropped_b
         cloud = align_grid(cloud, cfg.grid_align)
         return (*pad_row(cloud, cfg.num_sites, cfg.color_norm), np.int32(d), np.int32(cropped))
+
+
+def _ratio_schedule(cfg, num_scenes):
+    """The mixing schedule of `cfg` for datasets of `num_scenes` scenes each (units: scenes or
+    whole batches, per `cfg.mixing`)."""
+    units = [n if cfg.mixing == "per_sample" else n // cfg.batch_size for n in num_scenes]
+    for name, scenes, n in zip(cfg.datasets, num_scenes, units):
+        if n < 1:
+            raise ValueError(f"{name} ({cfg.train_dirs[name]}): {scenes} scenes cannot fill one "
+                             f"batch of config.data.batch_size={cfg.batch_size} rows")
+    return schedule.RatioSchedule(units, tuple(cfg.ratios))
 
 
 def _numpy_rows(fn, shapes, dtypes, keys, num_parallel_calls):
@@ -360,8 +365,10 @@ def train_dataset(cfg, process_index=0, process_count=1, start_step=0):
 
 def steps_per_epoch(cfg):
     """Steps in one epoch (one pass of the first dataset), as in the reference's loader length
-    (per-sample mode: samples per epoch // batch_size, batches may straddle epochs)."""
-    return _TrainRows(cfg).schedule.epoch_length // (
+    (per-sample mode: samples per epoch // batch_size, batches may straddle epochs). Reads the
+    scene counts of the train manifests only (no shard is opened)."""
+    counts = [schema.read_manifest(cfg.train_dirs[name])["num_scenes"] for name in cfg.datasets]
+    return _ratio_schedule(cfg, counts).epoch_length // (
         cfg.batch_size if cfg.mixing == "per_sample" else 1)
 
 
@@ -446,7 +453,7 @@ def eval_dataset(split_dir, dataset_name, cfg, process_index=0, process_count=1)
 
 
 def tta_views(cloud):
-    """The 13 test-time views of a centred cloud (spec §8)."""
+    """The 13 test-time views of a centred cloud (docs/reference.md §8)."""
     for angle, scale, flipped in TTA_VIEWS:
         view = augment.flip(cloud, True, True) if flipped else augment.rotate(cloud, angle, "z",
                                                                               (0, 0, 0))

@@ -12,14 +12,12 @@ with the shard and byte offset named. Opening a split checks each shard's size a
 against the manifest; `verify_sha256=True` also recomputes the sha256 data_prep recorded for each
 shard (it reads every shard once more: off by default, as real splits run to hundreds of GB).
 
-Records are decoded with the protobuf parser straight into numpy (no TF ops): decoding runs inside
-`tf.numpy_function` worker threads, where eager TF calls would serialise on the runtime.
+Records are decoded by `schema.decode_scene` (protobuf straight into numpy).
 """
 
 import hashlib
 import struct
 
-import numpy as np
 import tensorflow as tf
 from etils import epath
 from tensorflow.python.lib.io import tf_record
@@ -55,7 +53,7 @@ class SceneIndex:
         return len(self.locations)
 
     def read(self, i):
-        """The decoded scene at position i (see `decode`)."""
+        """The decoded scene at position i (`schema.decode_scene`)."""
         path, offset, length = self.locations[i]
         start = offset - 12
         try:
@@ -66,7 +64,7 @@ class SceneIndex:
         if len(data) != length:
             raise ValueError(f"{path}: record at byte {start} holds {len(data)} bytes, the index "
                              f"says {length}: the shard changed while it was read")
-        return decode(data, f"{path}@{offset}")
+        return schema.decode_scene(data, f"{path}@{offset}")
 
 
 def _check_shard_file(path, shard, manifest_path, verify_sha256):
@@ -105,34 +103,3 @@ def _record_spans(path):
             spans.append((pos + 12, length))
             pos += 16 + length
     return spans
-
-
-def _array(feature, name, dtype, shape, where):
-    values = feature[name].bytes_list.value
-    if len(values) != 1:
-        raise ValueError(f"{where}: field {name!r} missing")
-    arr = np.frombuffer(values[0], np.dtype(dtype).newbyteorder("<"))
-    return arr.astype(dtype, copy=False).reshape(-1, *shape)
-
-
-def decode(data, where="record"):
-    """Example bytes -> dict: dataset, scene, grid_size, the SITE_FIELDS arrays unpadded (num_sites
-    rows) and the POINT_FIELDS arrays (empty for train scenes). Same result as `schema.decode_scene`.
-    """
-    try:
-        feature = tf.train.Example.FromString(data).features.feature
-    except Exception as err:
-        raise ValueError(f"{where}: not a tf.train.Example ({err})") from err
-    version = feature["schema_version"].int64_list.value
-    if list(version) != [schema.SCHEMA_VERSION]:
-        raise ValueError(f"{where}: schema_version {list(version)} != supported "
-                         f"{schema.SCHEMA_VERSION}; re-run data_prep")
-    num_sites = feature["num_sites"].int64_list.value[0]
-    scene = {"dataset": feature["dataset"].bytes_list.value[0].decode(),
-             "scene": feature["scene"].bytes_list.value[0].decode(),
-             "grid_size": feature["grid_size"].float_list.value[0]}
-    for name, (dtype, shape) in schema.SITE_FIELDS.items():
-        scene[name] = _array(feature, name, dtype, shape, where)[:num_sites]
-    for name, (dtype, shape) in schema.POINT_FIELDS.items():
-        scene[name] = _array(feature, name, dtype, shape, where)
-    return scene

@@ -3,7 +3,7 @@
 Everything here is a pure function of (seed, position), so an iterator re-created at any step yields
 exactly what the uninterrupted one would have (resume = remember the step).
 
-`RatioSchedule` is the reference's `MultiDatasetDataloader` (spec §6): units (batches, or samples in
+`RatioSchedule` is the reference's `MultiDatasetDataloader` (docs/reference.md §6): units (batches, or samples in
 per-sample mode) go round-robin, `ratios[0]` of dataset 0, then `ratios[1]` of dataset 1, ...; an epoch
 ends when dataset 0 is exhausted (`len = L0 // r0 * sum(r) + L0 % r0`), while the other datasets restart
 whenever they run out (each restart is a fresh shuffle) and are re-created at every epoch.

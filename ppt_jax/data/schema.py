@@ -104,39 +104,48 @@ def encode_scene(scene):
     return example.SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process
 
 
-_FEATURE_SPEC = {
-    "schema_version": tf.io.FixedLenFeature([], tf.int64),
-    "dataset": tf.io.FixedLenFeature([], tf.string),
-    "scene": tf.io.FixedLenFeature([], tf.string),
-    "grid_size": tf.io.FixedLenFeature([], tf.float32),
-    "num_sites": tf.io.FixedLenFeature([], tf.int64),
-    "num_points": tf.io.FixedLenFeature([], tf.int64),
-    **{name: tf.io.FixedLenFeature([], tf.string) for name in (*SITE_FIELDS, *POINT_FIELDS)},
-}
+def _array(feature, name, dtype, shape, where):
+    values = feature[name].bytes_list.value
+    if len(values) != 1:
+        raise ValueError(f"{where}: field {name!r} missing")
+    arr = np.frombuffer(values[0], np.dtype(dtype).newbyteorder("<"))
+    return arr.astype(dtype, copy=False).reshape(-1, *shape)
 
 
-def parse_scene(serialized):
-    """tf.data map function: Example bytes -> dict of tensors (per-site arrays still padded)."""
-    ex = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
-    out = {k: ex[k] for k in ("schema_version", "dataset", "scene", "grid_size", "num_sites",
-                              "num_points")}
-    for name, (dtype, shape) in {**SITE_FIELDS, **POINT_FIELDS}.items():
-        flat = tf.io.decode_raw(ex[name], tf.as_dtype(dtype), little_endian=True)
-        out[name] = tf.reshape(flat, (-1, *shape))
-    return out
+def decode_scene(data, where="record"):
+    """Example bytes -> dict: dataset, scene, grid_size, schema_version, the SITE_FIELDS arrays
+    unpadded (num_sites rows) and the POINT_FIELDS arrays (empty for train scenes).
 
-
-def decode_scene(serialized):
-    """Numpy twin of `parse_scene` for tools and tests: unpadded arrays, python scalars."""
-    ex = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in parse_scene(serialized).items()}
-    n = int(ex["num_sites"])
-    scene = {"dataset": ex["dataset"].decode(), "scene": ex["scene"].decode(),
-             "grid_size": float(ex["grid_size"]), "schema_version": int(ex["schema_version"])}
-    for name in SITE_FIELDS:
-        scene[name] = ex[name][:n]
-    for name in POINT_FIELDS:
-        scene[name] = ex[name]
+    The protobuf parser straight into numpy, no TF ops: the pipeline decodes inside
+    `tf.numpy_function` worker threads, where eager TF calls would serialise on the runtime.
+    """
+    try:
+        feature = tf.train.Example.FromString(data).features.feature
+    except Exception as err:
+        raise ValueError(f"{where}: not a tf.train.Example ({err})") from err
+    version = feature["schema_version"].int64_list.value
+    if list(version) != [SCHEMA_VERSION]:
+        raise ValueError(f"{where}: schema_version {list(version)} != supported "
+                         f"{SCHEMA_VERSION}; re-run data_prep")
+    num_sites = feature["num_sites"].int64_list.value[0]
+    scene = {"dataset": feature["dataset"].bytes_list.value[0].decode(),
+             "scene": feature["scene"].bytes_list.value[0].decode(),
+             "grid_size": feature["grid_size"].float_list.value[0],
+             "schema_version": SCHEMA_VERSION}
+    for name, (dtype, shape) in SITE_FIELDS.items():
+        scene[name] = _array(feature, name, dtype, shape, where)[:num_sites]
+    for name, (dtype, shape) in POINT_FIELDS.items():
+        scene[name] = _array(feature, name, dtype, shape, where)
     return scene
+
+
+def ravel_grid(grid_coord, extent=None):
+    """int64 key of non-negative grid coordinates (N, 3), lexicographic in (x, y, z): equal keys are
+    equal voxels. `extent` (3,) bounds each axis (default: the coordinates' max + 1). The numpy
+    flattener of the data path (the sparse engine has its own int32 one for jit)."""
+    g = np.asarray(grid_coord, np.int64)
+    e = (g.max(0) + 1 if len(g) else np.ones(3, np.int64)) if extent is None else np.asarray(extent)
+    return (g[:, 0] * e[1] + g[:, 1]) * e[2] + g[:, 2]
 
 
 def grid_key(grid_coord):
@@ -145,7 +154,7 @@ def grid_key(grid_coord):
     if g.size and (g.min() < 0 or g.max() >= GRID_BOUND):
         raise ValueError(f"grid coordinates must lie in [0, {GRID_BOUND}); got "
                          f"[{g.min()}, {g.max()}]")
-    return (g[:, 0] * GRID_BOUND + g[:, 1]) * GRID_BOUND + g[:, 2]
+    return ravel_grid(g, (GRID_BOUND,) * 3)
 
 
 def read_manifest(split_dir):

@@ -1,4 +1,4 @@
-"""Categorical-alignment heads and the segmentation loss (spec §1, §4, §5).
+"""Categorical-alignment heads and the segmentation loss (docs/reference.md §1, §4, §5).
 
 Every head maps backbone features (B, N, F) to logits in each sample's own label space, padded to
 K = max classes over the model's datasets (design.md §4); columns >= C_{condition[b]} hold MASKED.

@@ -1,4 +1,4 @@
-"""Initializers matching the reference's PyTorch/spconv/timm initialisation (spec §14).
+"""Initializers matching the reference's PyTorch/spconv/timm initialisation (docs/reference.md §14).
 
 Kernels are stored as (..., fan_in, fan_out) in Flax; the fan-in is passed explicitly where the
 kernel has a leading tap axis, so the bounds match the PyTorch layers they replace.

@@ -1,4 +1,4 @@
-"""Prompt-driven normalization (PDNorm, spec §2a) over padded, possibly mixed-dataset batches.
+"""Prompt-driven normalization (PDNorm, docs/reference.md §2) over padded, possibly mixed-dataset batches.
 
 One BatchNorm per dataset ("decoupled": own statistics and affine) followed by a shared modulation
 `SiLU -> Dense(2C)` of the sample's 256-d prompt, `y * (1 + scale) + shift` (first half = shift).

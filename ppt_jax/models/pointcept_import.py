@@ -335,7 +335,7 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
         f"colour input: data.color_norm={config.data.color_norm!r} ("
         + ("color / 255, Pointcept >= v1.6.0; use --color_norm legacy for checkpoints trained before "
            "2025-03-21" if config.data.color_norm == "unit" else "color / 127.5 - 1, Pointcept < v1.6.0") + ")",
-        f"text table: " + ("the checkpoint's class_embedding " + str(text_table.shape) + f", logit scale "
+        "text table: " + ("the checkpoint's class_embedding " + str(text_table.shape) + f", logit scale "
                            f"{report.logit_scale:.6g}" if text_table is not None else "none (no language head)"),
         f"export written to {os.path.abspath(out_dir)}",
     ]

@@ -1,4 +1,4 @@
-"""PPT: learnable dataset prompts + a PDNorm backbone + a categorical-alignment head (spec §1).
+"""PPT: learnable dataset prompts + a PDNorm backbone + a categorical-alignment head (docs/reference.md §1).
 
 Backbones (`arch`): "spunet" (SpUNet-v1m3, the fields channels ... attention_tokens) or "ptv3"
 (Point Transformer V3, `ptv3.PTv3`; `ptv3` holds (field, value) pairs overriding its defaults, which
@@ -15,7 +15,7 @@ contains "prompt" (the prompt table `prompt_table`, the "add"/"cross_attention" 
 `prompt_param_mask` returns that mask.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import jax
@@ -49,7 +49,7 @@ class PPT(nn.Module):
     bn_group_size: int = 0
     attention_tokens: int = 8
     head: str = "language"
-    text_table: Optional[Any] = None     # (36, D) numpy, unit rows; required by the language head
+    text_table: Any | None = None     # (36, D) numpy, unit rows; required by the language head
     s3dis_order: str = "intended"
     logit_scale: float = 100.0
     criteria: tuple = ("cross_entropy",)  # the training loss: heads.segmentation_loss
@@ -113,11 +113,13 @@ class PPT(nn.Module):
         return self.backbone(feat, hierarchy, condition, context, train)
 
 
-def prompt_param_mask(params):
-    """Pytree of bools like `params`: True where the path names a prompt or modulation parameter."""
+def prompt_param_mask(params, keywords=PROMPT_KEYWORDS):
+    """Pytree of bools like `params`: True where a path part contains one of `keywords` (by default
+    the prompt and modulation parameters; the optimizer's `config.optim.group_keywords`)."""
+    keywords = tuple(keywords)
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict(
-        {path: any(word in part for part in path for word in PROMPT_KEYWORDS) for path in flat})
+        {path: any(word in str(part) for part in path for word in keywords) for path in flat})
 
 
 def count_params(params):

@@ -1,4 +1,4 @@
-"""SpUNet-v1m3 (spec §3): the reference's sparse U-Net with a norm after every conv.
+"""SpUNet-v1m3 (docs/reference.md §3): the reference's sparse U-Net with a norm after every conv.
 
 Module names mirror the reference's state-dict keys (conv_input, down_s, enc_s/block_i, up_s,
 dec_s/block_i; conv/bn inside the conv-norm-ReLU units; conv1/bn1/conv2/bn2/proj_conv/proj_norm
@@ -10,7 +10,7 @@ hierarchy level s+1, decoder stage s at level s; the stem and the output at leve
 """
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -139,7 +139,7 @@ class SpUNet(nn.Module):
         return x
 
     @nn.compact
-    def __call__(self, feat, hierarchy, condition, context: Optional[jax.Array], train: bool):
+    def __call__(self, feat, hierarchy, condition, context: jax.Array | None, train: bool):
         if self.adapter not in ADAPTERS:
             raise ValueError(f"model.adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if len(self.channels) != 8 or len(self.layers) != 8:

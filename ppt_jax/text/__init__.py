@@ -5,7 +5,6 @@ Importing this package loads no model: transformers is imported only when a tabl
 
 from ppt_jax.text.bpe import clip_tokenizer_from_bpe
 from ppt_jax.text.sources import EncoderUnavailable
-from ppt_jax.text.table import ENCODERS, check_available, class_embeddings, default_encoder
+from ppt_jax.text.table import ENCODERS, check_available, class_embeddings
 
-__all__ = ["ENCODERS", "EncoderUnavailable", "check_available", "class_embeddings", "clip_tokenizer_from_bpe",
-           "default_encoder"]
+__all__ = ["ENCODERS", "EncoderUnavailable", "check_available", "class_embeddings", "clip_tokenizer_from_bpe"]

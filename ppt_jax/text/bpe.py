@@ -12,12 +12,14 @@ import json
 import logging
 import os
 
+from ppt_jax import files
+
 # openai/CLIP reads lines[1 : 49152 - 256 - 2 + 1]: 48,894 merges after the header line.
 NUM_CLIP_MERGES = 49152 - 256 - 2
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 CONTEXT_LENGTH = 77
-# sha256 of the file openai/CLIP and open-clip-torch ship (../shared/clip/PROVENANCE.md).
+# sha256 of the file openai/CLIP and open-clip-torch ship (docs/reference.md §12).
 CLIP_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,8 @@ def write_bpe_files(merges, out_dir):
     """Write Hugging Face `vocab.json` + `merges.txt` for `merges` into `out_dir`; returns `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     vocab = bpe_vocab(merges)
-    _write_atomic(os.path.join(out_dir, "vocab.json"), json.dumps(vocab, ensure_ascii=False))
-    _write_atomic(
+    files.write_text(os.path.join(out_dir, "vocab.json"), json.dumps(vocab, ensure_ascii=False))
+    files.write_text(
         os.path.join(out_dir, "merges.txt"), "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
     )
     return out_dir
@@ -92,10 +94,3 @@ def load_tokenizer(tokenizer_dir):
 def clip_tokenizer_from_bpe(gz_path, out_dir):
     """CLIP's real tokenizer from `bpe_simple_vocab_16e6.txt.gz` (derived files are written to `out_dir`)."""
     return load_tokenizer(write_bpe_files(read_clip_merges(gz_path), out_dir))
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)

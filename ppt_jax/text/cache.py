@@ -8,10 +8,11 @@ and a sha256 of the table, checked on every load: training reads the table with 
 import hashlib
 import io
 import json
-import os
 
 import numpy as np
 from etils import epath
+
+from ppt_jax import files
 
 FORMAT = 1
 SUBDIR = "text_embeddings"
@@ -50,20 +51,13 @@ def load(cache_dir, spec):
     return table
 
 
-def _write_atomic(path, data):
-    """Write bytes under a temporary name, then rename: readers never see half a file."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def save(cache_dir, spec, table, extra):
     """Write the table, then its metadata (the JSON's presence marks a complete entry); returns the JSON path."""
     npy, meta_path = paths(cache_dir, spec)
     npy.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, table, allow_pickle=False)
-    _write_atomic(npy, buffer.getvalue())
+    files.write_bytes(npy, buffer.getvalue())
     meta = dict(spec, **extra, shape=list(table.shape), sha256=table_sha256(table))
-    _write_atomic(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
+    files.write_text(meta_path, json.dumps(meta, indent=1))
     return meta_path

@@ -61,16 +61,6 @@ def check_available(encoder, model_path=None, local_only=False):
         raise sources.EncoderUnavailable(sources.missing_files_message(model_path, what))
 
 
-def default_encoder(clip_model_path=None):
-    """The embedded default's choice: ("clip", note) when CLIP's weights are on this machine (a directory,
-    or the local hub cache: no network), else ("minilm", note). Log the note: it says which was used."""
-    try:
-        check_available("clip", clip_model_path, local_only=True)
-    except sources.EncoderUnavailable as e:
-        return "minilm", f"text encoder: minilm (all-MiniLM-L6-v2), not CLIP: CLIP is unavailable ({e})"
-    return "clip", f"text encoder: clip ({clip_model_path or clip.DEFAULT_MODEL})"
-
-
 def table_spec(encoder, names, template, model_path):
     """Everything that determines the table, validated; its hash is the cache key."""
     _check_encoder(encoder)

@@ -1,4 +1,4 @@
-"""Segmentation metrics as the reference reports them (spec §8.6, `intersection_and_union`).
+"""Segmentation metrics as the reference reports them (docs/reference.md §8, `intersection_and_union`).
 
 Confusion matrices are accumulated on device, one per dataset, padded to K = max classes; the summary
 (host side, float64) is computed from a matrix:

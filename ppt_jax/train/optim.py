@@ -1,4 +1,4 @@
-"""Optimizers as the reference builds them (spec §6, §10), in optax.
+"""Optimizers as the reference builds them (docs/reference.md §6, §10), in optax.
 
 - `one_cycle(...)`: torch's `OneCycleLR` (two-phase, cosine annealing) as a pure function of the
   iteration index, for both the learning rate and the cycled momentum. torch evaluates it at
@@ -18,6 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+
+from ppt_jax import models
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -52,17 +54,6 @@ def one_cycle(total_steps, max_value, pct_start=0.05, div_factor=10.0, final_div
     return lr_fn, momentum_fn
 
 
-def _path_name(path):
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
-def group_mask(params, keywords):
-    """Pytree of bools: True where the parameter path contains any of `keywords`."""
-    keywords = tuple(keywords)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(k in _path_name(path) for k in keywords), params)
-
-
 def make_optimizer(cfg, total_steps):
     """optax transformation and lr schedule from `config.optim`.
 
@@ -90,7 +81,7 @@ def make_optimizer(cfg, total_steps):
                                                                    else b1, b2=b2))
     if cfg.group_lr_scale != 1.0:
         parts.append(optax.masked(optax.scale(cfg.group_lr_scale),
-                                  lambda p: group_mask(p, cfg.group_keywords)))
+                                  lambda p: models.prompt_param_mask(p, cfg.group_keywords)))
     if cfg.name == "adamw":
         # torch AdamW: p -= lr * wd * p with the group's own lr, after the Adam direction is scaled.
         parts.append(_scaled_decay(cfg))
@@ -106,7 +97,7 @@ def _scaled_decay(cfg):
         return optax.EmptyState()
 
     def update(updates, state, params):
-        mask = group_mask(params, cfg.group_keywords)
+        mask = models.prompt_param_mask(params, cfg.group_keywords)
         updates = jax.tree_util.tree_map(
             lambda u, p, m: u + cfg.weight_decay * (cfg.group_lr_scale if m else 1.0) * p,
             updates, params, mask)

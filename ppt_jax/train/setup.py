@@ -1,7 +1,14 @@
-"""Everything a run needs before its first step: data location, text table, model, optimizer, state.
+"""Start-up: what a run needs before its first step, in the order the trainer asks for it.
 
-The one place that wires the parts together (design.md): config -> shards (or the embedded synthetic
-default) -> text table -> PPT model -> sparse hierarchy spec -> optimizer -> sharded train state.
+    run = setup.prepare(config, workdir)     # mesh, text table, model, dataset -> condition map
+    steps = setup.total_steps(run.config)    # from the train manifests' scene counts
+    state = setup.new_state(setup.init_variables(run.model, run.config, seed), tx, seed, run.mesh)
+    template = setup.abstract_state(run, tx) # shapes only: restore without data or compute
+    stats = setup.level_stats(workdir, "train", ...)   # level sizes measured once from crops
+    spec = setup.hierarchy_spec(config, num_sites, stats)
+
+Nothing here touches `data_prep`: the data directories are final when the config arrives (the entry
+point fills in the embedded synthetic default).
 """
 
 import dataclasses
@@ -12,14 +19,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from etils import epath
 
-from ppt_jax import labels, models, sparse, text
+from ppt_jax import distributed, files, labels, models, sparse, text
 from ppt_jax.data import schema
-from ppt_jax.train import optim
-from ppt_jax.train.sharding import replicated
+from ppt_jax.train import sharding
 from ppt_jax.train.step import TrainState, build_hierarchies
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -27,63 +32,60 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 log = logging.getLogger(__name__)
 
 
-def _has_manifest(split_dir):
-    return bool(split_dir) and (epath.Path(split_dir) / schema.MANIFEST_NAME).exists()
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The parts of one run that every mode shares."""
+    config: Any
+    workdir: str
+    mesh: Any
+    model: Any
+    cond_map: np.ndarray       # data condition -> model condition (`condition_map`)
+    text_info: dict            # which text encoder was used and why (`text_table`)
+    synthetic: Any = None      # the val manifests say the data is synthetic (None: not read)
+
+    @property
+    def conditions(self):
+        return tuple(self.config.model.conditions)
+
+    @property
+    def num_classes(self):
+        return max(labels.num_classes(n) for n in self.conditions)
+
+    def device_batch(self, batch, keys):
+        """Host rows of a pipeline batch -> the global device batch (model conditions)."""
+        batch = {k: batch[k] for k in keys}
+        batch["condition"] = self.cond_map[batch["condition"]]
+        return sharding.global_batch(batch, self.mesh)
 
 
-def merge(config, overrides):
-    """Recursively set `overrides` (nested dict/ConfigDict) into `config`."""
-    for key, value in overrides.items():
-        if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(
-                config.get(key), ml_collections.ConfigDict):
-            merge(config[key], value)
-        else:
-            config[key] = value
+def prepare(config, workdir, splits=("train", "val")):
+    """The mesh, the text table (process 0 first), the model and the condition map of a run whose
+    `splits` ("train", "val") must exist (checked first, every missing one named)."""
+    check_splits(config, splits)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    mesh = sharding.make_mesh()
+    for field in ("batch_size", "eval_batch_size", "test_batch_size"):
+        sharding.check_host_rows(mesh, config.data[field], f"config.data.{field}")
+    table, text_info = distributed.process_zero_first(lambda: text_table(config, workdir),
+                                                      "ppt_jax_text_table")
+    return Run(config=config, workdir=workdir, mesh=mesh, model=build_model(config, table),
+               cond_map=condition_map(config), text_info=text_info,
+               synthetic=data_is_synthetic(config) if "val" in splits else None)
 
 
-def resolve_data(config, workdir):
-    """Use the configured shards, or say so and switch to the embedded synthetic default.
-
-    The synthetic data is generated into `<workdir>/synthetic` on first use (data_prep.synthetic) and
-    the recipe is scaled by `config.synthetic.overrides` so that it runs on a small CPU.
-    Returns the config actually used (a copy) and whether it is synthetic.
-    """
-    config = ml_collections.ConfigDict(config.to_dict())
-    names = tuple(config.data.datasets)
-    entries = [(f"config.data.train_dirs.{n}", dict(config.data.train_dirs).get(n, ""))
-               for n in names]
-    entries += [(f"config.eval.val_dirs.{n}", dict(config.eval.val_dirs).get(n, ""))
-                for n in config.eval.datasets]
-    absent = [(field, d) for field, d in entries if not _has_manifest(d)]
-    if not absent:
-        return config, False
-    if len(absent) < len(entries):
-        # Some shards exist: the user configured data, and these paths are wrong (a typo must not
-        # switch every dataset to synthetic data).
-        raise FileNotFoundError("; ".join(f"{field} = {d!r}: no shard manifest there" for field, d
-                                          in absent) + " (the other configured splits were found):"
-                                                       " fix the path or run data_prep")
-    missing = [d or "(unset)" for _, d in absent]
-    if not config.synthetic.enabled:
-        raise FileNotFoundError(f"no shards at {missing} (config.data.train_dirs / config.eval.val_dirs)"
-                                f" and config.synthetic.enabled is False: run data_prep first")
-    if "://" in str(workdir):
-        raise ValueError(f"--workdir {workdir}: the embedded synthetic default is written with the "
-                         f"local file system (data_prep); use a local --workdir, or shards from "
-                         f"data_prep in config.data.train_dirs / config.eval.val_dirs (missing: "
-                         f"{', '.join(missing)})")
-    from data_prep import synthetic  # the embedded default only; real runs never import data_prep
-    out = str(epath.Path(workdir) / "synthetic")
-    log.warning("Configured shards not found: %s. Running the same recipe on synthetic "
-                    "multi-domain data in %s (scaled by config.synthetic.overrides).",
-                    ", ".join(missing), out)
-    s = config.synthetic
-    synthetic.generate(out, scenes=tuple(s.scenes), val_scenes=tuple(s.val_scenes), seed=s.seed,
-                       density=s.density, workers=s.workers, progress=False)
-    merge(config, s.overrides.to_dict())
-    config.data.train_dirs = {n: os.path.join(out, n, "train") for n in names}
-    config.eval.val_dirs = {n: os.path.join(out, n, "val") for n in config.eval.datasets}
-    return config, True
+def check_splits(config, splits):
+    """FileNotFoundError naming every configured split of `splits` without a shard manifest."""
+    fields = []
+    if "train" in splits:
+        fields += [(f"config.data.train_dirs.{n}", config.data.train_dirs[n])
+                   for n in config.data.datasets]
+    if "val" in splits:
+        fields += [(f"config.eval.val_dirs.{n}", config.eval.val_dirs[n]) for n in config.eval.datasets]
+    absent = [(field, d) for field, d in fields
+              if not (d and (epath.Path(d) / schema.MANIFEST_NAME).exists())]
+    if absent:
+        raise FileNotFoundError("; ".join(f"{field} = {d!r}: no shard manifest there"
+                                          for field, d in absent) + " (run data_prep, or fix the path)")
 
 
 def _export_text_dir(config):
@@ -120,22 +122,22 @@ def text_table(config, workdir):
 
 
 def build_model(config, table):
-    m = config.model
-    if m.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
-    return models.PPT(
-        conditions=tuple(m.conditions), channels=tuple(m.channels), layers=tuple(m.layers),
-        base_channels=m.base_channels, context_channels=m.context_channels, adapter=m.adapter,
-        norm_decouple=m.norm_decouple, norm_adaptive=m.norm_adaptive, zero_init=m.zero_init,
-        bn_group_size=m.bn_group_size, head=m.head, text_table=table, s3dis_order=m.s3dis_order,
-        dtype=DTYPES[m.dtype], **_backbone_fields(m))
-
-
-def _backbone_fields(m):
-    """PPT's backbone choice and loss; exports written before these settings existed are SpUNet + CE."""
-    ptv3 = dict(m.get("ptv3", {}))
-    return dict(arch=m.get("backbone", "spunet"), criteria=tuple(m.get("criteria", ("cross_entropy",))),
-                ptv3=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ptv3.items())))
+    """`models.PPT(**config.model)` with the text table; the dtype is given by name, the backbone
+    choice as `backbone` (PPT.arch) and its PTv3 settings as a dict (PPT.ptv3 pairs). Exports
+    written before a field existed get the model's default."""
+    fields = config.model.to_dict()
+    if fields["dtype"] not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {fields['dtype']!r}")
+    fields["dtype"] = DTYPES[fields["dtype"]]
+    fields["arch"] = fields.pop("backbone", models.PPT.arch)
+    fields["ptv3"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                  for k, v in dict(fields.pop("ptv3", {})).items()))
+    known = {f.name for f in dataclasses.fields(models.PPT)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"config.model.{unknown[0]} is not a field of models.PPT")
+    return models.PPT(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()},
+                      text_table=table)
 
 
 def hierarchy_spec(config, num_sites, stats=None):
@@ -180,9 +182,7 @@ def level_stats(workdir, what, crops_fn):
     stats = sparse.sizing.measure(crops_fn())
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / (path.name + ".tmp")
-        tmp.write_text(json.dumps({k: v.tolist() for k, v in stats.items()}))
-        tmp.rename(path)
+        files.write_text(path, json.dumps({k: v.tolist() for k, v in stats.items()}))
     return stats
 
 
@@ -209,24 +209,18 @@ def condition_map(config):
     return np.array([model_names.index(n) for n in config.data.datasets], np.int32)
 
 
-@dataclasses.dataclass
-class Run:
-    config: Any
-    workdir: str
-    mesh: Any
-    model: Any
-    cond_map: np.ndarray
-    text_info: dict
-    synthetic: bool
-    steps: dict = dataclasses.field(default_factory=dict)   # jitted eval steps, built once
+def data_is_synthetic(config):
+    """Whether every val split's manifest says it holds synthetic data (labels the results)."""
+    dirs = [config.eval.val_dirs[n] for n in config.eval.datasets]
+    return all(schema.read_manifest(d).get("synthetic", False) for d in dirs)
 
-    @property
-    def conditions(self):
-        return tuple(self.config.model.conditions)
 
-    @property
-    def num_classes(self):
-        return max(labels.num_classes(n) for n in self.conditions)
+def total_steps(config):
+    """config.train.steps, or config.train.epochs epochs of the first dataset."""
+    from ppt_jax import data
+    if config.train.steps > 0:
+        return int(config.train.steps)
+    return int(config.train.epochs * data.steps_per_epoch(config.data))
 
 
 def init_variables(model, config, seed):
@@ -244,18 +238,67 @@ def init_variables(model, config, seed):
     return init(jax.random.key(seed))
 
 
-def new_state(variables, tx, seed, mesh):
+# Settings an export's weights were made for that its arrays' shapes do not show.
+EXPORT_SETTINGS = (("model", "s3dis_order"), ("data", "color_norm"))
+
+
+def export_setting(config, section, name):
+    from ppt_jax.data import pipeline
+    defaults = {"color_norm": pipeline.DEFAULT_COLOR_NORM}   # exports older than the field
+    return config[section].get(name, defaults.get(name))
+
+
+def init_from_export(run, variables):
+    """(variables overwritten path by path with the export at config.init.export_dir, arrays
+    loaded); refuses an export made for other EXPORT_SETTINGS or another model."""
+    import ml_collections
+    from flax import traverse_util
+
+    from ppt_jax.train import checkpoint
+
+    exported, meta = checkpoint.load_export(run.config.init.export_dir)
+    saved_config = ml_collections.ConfigDict(meta["config"])
+    differ = [f"config.{sec}.{name}: export {export_setting(saved_config, sec, name)!r}, this run "
+              f"{export_setting(run.config, sec, name)!r}" for sec, name in EXPORT_SETTINGS
+              if export_setting(saved_config, sec, name) != export_setting(run.config, sec, name)]
+    if differ:
+        raise ValueError(f"config.init.export_dir {run.config.init.export_dir} was made for other "
+                         f"settings ({'; '.join(differ)}): set them to the export's values, e.g. "
+                         + " ".join(f"--config.{sec}.{name}={export_setting(saved_config, sec, name)}"
+                                    for sec, name in EXPORT_SETTINGS))
+    fresh = traverse_util.flatten_dict(variables, sep="/")
+    saved = traverse_util.flatten_dict(exported, sep="/")
+    unknown = sorted(set(saved) - set(fresh))
+    if unknown:
+        raise ValueError(f"config.init.export_dir: arrays {unknown[:5]} of the export do not exist "
+                         f"in this model (config.model must match the exported one)")
+    for path, value in saved.items():
+        if np.shape(value) != np.shape(fresh[path]):
+            raise ValueError(f"config.init.export_dir: {path} has shape {np.shape(value)} in the "
+                             f"export, {np.shape(fresh[path])} in this model")
+        fresh[path] = jnp.asarray(value, fresh[path].dtype)
+    log.info("Initialised %d of %d arrays from the %s export %s", len(saved), len(fresh),
+             meta["part"], run.config.init.export_dir)
+    return traverse_util.unflatten_dict(fresh, sep="/"), len(saved)
+
+
+def _state(variables, tx, seed):
     params = variables["params"]
-    state = TrainState(step=jnp.int32(0), params=params,
-                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                       rng=jax.random.key_data(jax.random.key(seed + 1)))
-    return jax.device_put(state, replicated(mesh))
+    return TrainState(step=jnp.int32(0), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed + 1)))
 
 
-def total_steps(config):
-    from ppt_jax import data
-    if config.train.steps > 0:
-        return int(config.train.steps)
-    return int(config.train.epochs * data.steps_per_epoch(config.data))
+def new_state(variables, tx, seed, mesh):
+    """A fresh train state, replicated over the mesh."""
+    return jax.device_put(_state(variables, tx, seed), sharding.replicated(mesh))
 
 
+def abstract_state(run, tx):
+    """The train state's shapes and dtypes, replicated: a restore template that reads no data and
+    computes nothing (`jax.eval_shape`)."""
+    seed = run.config.seed
+    shapes = jax.eval_shape(lambda: _state(init_variables(run.model, run.config, seed), tx, seed))
+    where = sharding.replicated(run.mesh)
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+                                  shapes)

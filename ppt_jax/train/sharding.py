@@ -4,8 +4,12 @@ The mesh is one axis, `data`, over all devices in `jax.devices()` order (data pa
 device holds the whole model, at 1-40 M parameters a few hundred MB at most). Process p of P owns the
 contiguous rows [p * B/P, (p + 1) * B/P) of a global batch of B rows, the rows its input pipeline
 reads (`ppt_jax.data.pipeline`); `check_host_rows` proves it for a mesh, `global_batch` assembles
-the global array from every process's rows.
+the global array from every process's rows, and `prefetch_to_device` keeps the next batches'
+host-to-device copies in flight while a step runs.
 """
+
+import collections
+import itertools
 
 import jax
 import numpy as np
@@ -52,3 +56,22 @@ def global_batch(batch, mesh):
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in batch.items()}
+
+
+def prefetch_to_device(batches, put, size=2):
+    """Yield `put(batch)` for each of `batches`, `size` batches ahead of the consumer.
+
+    `put` starts the (asynchronous) transfer to the devices, e.g. `global_batch`; the next batches
+    are then already on their way while the current step runs (flax's `prefetch_to_device`, for
+    global arrays on a mesh instead of pmap's per-device shards).
+    """
+    queue = collections.deque()
+
+    def enqueue(n):
+        for batch in itertools.islice(batches, n):
+            queue.append(put(batch))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)

@@ -100,8 +100,13 @@ def _text_and_sparse(c, out):
 
 
 def _data(c, out):
+    data = c.data
+    if c.synthetic.enabled:    # "" data dirs: the generated synthetic splits (the entry point's)
+        data = c.data.copy_and_resolve_references()
+        for name in data.datasets:
+            data.train_dirs[name] = data.train_dirs[name] or "<workdir>/synthetic"
     try:
-        pipeline.check_config(c.data, train=True)
+        pipeline.check_config(data, train=True)
     except ValueError as err:
         out.append(str(err))
 
