@@ -139,8 +139,9 @@ def test_model_config_is_every_ppt_field_with_its_default():
     c = base.recipe("x")
     defaults = {f.name: f.default for f in dataclasses.fields(models.PPT)}
     for key, value in c.model.items():
-        if key not in ("conditions", "dtype"):
+        if key not in ("conditions", "dtype", "backbone", "ptv3"):
             assert value == defaults[key], key
+    assert c.model.backbone == defaults["arch"] and not c.model.ptv3
     c.model.bogus = 1
     with pytest.raises(ValueError, match="config.model.bogus is not a field of models.PPT"):
         setup.build_model(c, None)
