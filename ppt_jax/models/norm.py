@@ -43,8 +43,8 @@ def _per_row(onehot, per_group, group_size):
 
 def _row_sums(a, b):
     """sum over sites of a * b per row and channel: (B, N, C) x (B, N, C) -> (B, C), written as a batched
-    contraction. XLA:CPU runs it 20-30x faster than the fused multiply-reduce of `jnp.sum(a * b, 1)`
-    (benchmarks/README.md); an elementwise pass over (B, N, C) costs about as much as all the reductions."""
+    contraction: XLA:CPU runs that far faster than the fused multiply-reduce of `jnp.sum(a * b, 1)`
+    (figures in benchmarks/README.md)."""
     return jnp.einsum("bnc,bnc->bc", a, b, preferred_element_type=jnp.float32)
 
 
@@ -75,7 +75,7 @@ def normalize(x, mask, onehot, scale, shift, group_size, epsilon):
 
     The VJP is BatchNorm's closed form (dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
     over the group's real sites), so a norm costs two elementwise passes forward and one backward, the
-    rest batched contractions; autodiff through the moments made the norms a third of the step."""
+    rest batched contractions (autodiff through the moments was much slower: benchmarks/README.md)."""
     return _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon)[0]
 
 

@@ -26,8 +26,8 @@ _F32 = jnp.float32
 
 
 def _operands(*arrays):
-    """On CPU, bfloat16 operands go to the matmul as float32: XLA:CPU has no fast bfloat16 GEMM (measured
-    2x slower) and bf16 x bf16 products are exact in float32, so the result is the same."""
+    """On CPU, bfloat16 operands go to the matmul as float32: XLA:CPU has no fast bfloat16 GEMM
+    (benchmarks/README.md) and bf16 x bf16 products are exact in float32, so the result is the same."""
     if jax.default_backend() == "cpu":
         return tuple(a.astype(_F32) if a.dtype == jnp.bfloat16 else a for a in arrays)
     return arrays
