@@ -169,20 +169,25 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
     source is absent (e.g. the head when importing a bare backbone; needs a concrete template) and
     lists them in the report.
     """
+    return fill_variables(_Source(normalize_keys(state)), template, _convert_leaf, conditions,
+                          backbone_conditions, ppt_conditions, strict, "check channels/layers/text dim")
+
+
+def fill_variables(src, template, convert_leaf, conditions, backbone_conditions, ppt_conditions, strict, hint):
+    """Fill every leaf of `template` with `convert_leaf(src, path, shape, ...)` from a state-dict source
+    (`.state` dict, `.used` keys) and report what was used, skipped and kept (shared by the SpUNet and
+    PTv3 importers); `hint` says what to check when a converted shape does not fit."""
     for name in conditions:
         for order, what in ((backbone_conditions, "backbone_conditions"),
                             (ppt_conditions, "ppt_conditions")):
             if name not in order:
                 raise ValueError(f"dataset {name!r} of the model is not in the reference's {what} {order}")
-    src = _Source(normalize_keys(state))
     out, kept = {}, []
     for collection in ("params", "batch_stats"):
-        flat = traverse_util.flatten_dict(template.get(collection, {}))
         filled = {}
-        for path, leaf in flat.items():
+        for path, leaf in traverse_util.flatten_dict(template.get(collection, {})).items():
             try:
-                value = _convert_leaf(src, path, leaf.shape, conditions, backbone_conditions,
-                                      ppt_conditions)
+                value = convert_leaf(src, path, leaf.shape, conditions, backbone_conditions, ppt_conditions)
             except KeyError:
                 if strict or path[0] == "backbone":
                     raise
@@ -190,7 +195,7 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
                 value = np.asarray(leaf)
             if value.shape != tuple(leaf.shape):
                 raise ValueError(f"{collection}/{'/'.join(path)}: converted shape {value.shape} != "
-                                 f"model shape {tuple(leaf.shape)} (check channels/layers/text dim)")
+                                 f"model shape {tuple(leaf.shape)} ({hint})")
             filled[path] = value
         out[collection] = traverse_util.unflatten_dict(filled)
     skipped = sorted(k for k in src.state if _SKIPPED.match(k))
@@ -200,8 +205,8 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
         filled=sum(len(traverse_util.flatten_dict(v)) for v in out.values() if v),
         used_keys=len(src.used), unused_keys=unused, skipped_keys=skipped, kept_from_template=kept,
         text_table=np.asarray(src.state["class_embedding"], np.float32)
-        if "class_embedding" in src else None,
-        logit_scale=float(np.exp(src.state["logit_scale"])) if "logit_scale" in src else None)
+        if "class_embedding" in src.state else None,
+        logit_scale=float(np.exp(src.state["logit_scale"])) if "logit_scale" in src.state else None)
     return out, report
 
 

@@ -24,9 +24,8 @@ Our module -> reference key prefix (module names of `ptv3.py`):
 import re
 
 import numpy as np
-from flax import traverse_util
 
-from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, ImportReport,
+from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, fill_variables,
                                              normalize_keys, spconv_to_taps)
 
 _LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
@@ -36,7 +35,6 @@ _BLOCK = {"cpe_conv": "cpe.0", "cpe_linear": "cpe.1", "cpe_norm": "cpe.2", "norm
           "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2.0", "mlp_fc1": "mlp.0.fc1",
           "mlp_fc2": "mlp.0.fc2"}
 _UP = {"proj": "proj.0", "proj_norm": "proj.1", "proj_skip": "proj_skip.0", "proj_skip_norm": "proj_skip.1"}
-_SKIPPED = re.compile(r".*num_batches_tracked$")
 
 
 def backbone_prefix(mods):
@@ -112,34 +110,5 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
     with arch="ptv3"); conditions: the model's dataset order. strict=False keeps template leaves
     outside the backbone whose source is absent (e.g. the head of a backbone-only state dict).
     """
-    for name in conditions:
-        for order, what in ((backbone_conditions, "backbone_conditions"), (ppt_conditions, "ppt_conditions")):
-            if name not in order:
-                raise ValueError(f"dataset {name!r} of the model is not in the reference's {what} {order}")
-    src = _Source(normalize_keys(state))
-    out, kept = {}, []
-    for collection in ("params", "batch_stats"):
-        filled = {}
-        for path, leaf in traverse_util.flatten_dict(template.get(collection, {})).items():
-            try:
-                value = _convert_leaf(src, path, leaf.shape, conditions, backbone_conditions, ppt_conditions)
-            except KeyError:
-                if strict or path[0] == "backbone":
-                    raise
-                kept.append("/".join((collection, *path)))
-                value = np.asarray(leaf)
-            if value.shape != tuple(leaf.shape):
-                raise ValueError(f"{collection}/{'/'.join(path)}: converted shape {value.shape} != model "
-                                 f"shape {tuple(leaf.shape)} (check model.ptv3 channels/depths/heads)")
-            filled[path] = value
-        out[collection] = traverse_util.unflatten_dict(filled)
-    skipped = sorted(k for k in src.state if _SKIPPED.match(k))
-    extras = {"class_embedding", "logit_scale"}
-    unused = sorted(k for k in src.state if k not in src.used and k not in extras and k not in skipped)
-    report = ImportReport(
-        filled=sum(len(traverse_util.flatten_dict(v)) for v in out.values() if v),
-        used_keys=len(src.used), unused_keys=unused, skipped_keys=skipped, kept_from_template=kept,
-        text_table=np.asarray(src.state["class_embedding"], np.float32) if "class_embedding" in src.state
-        else None,
-        logit_scale=float(np.exp(src.state["logit_scale"])) if "logit_scale" in src.state else None)
-    return out, report
+    return fill_variables(_Source(normalize_keys(state)), template, _convert_leaf, conditions,
+                          backbone_conditions, ppt_conditions, strict, "check model.ptv3 channels/depths/heads")
