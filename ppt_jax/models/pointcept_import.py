@@ -111,7 +111,7 @@ def _module_key(path):
     return ".".join(parts)
 
 
-class _Source:
+class StateSource:
     """The state dict with use-once bookkeeping."""
 
     def __init__(self, state):
@@ -169,7 +169,7 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
     source is absent (e.g. the head when importing a bare backbone; needs a concrete template) and
     lists them in the report.
     """
-    return fill_variables(_Source(normalize_keys(state)), template, _convert_leaf, conditions,
+    return fill_variables(StateSource(normalize_keys(state)), template, _convert_leaf, conditions,
                           backbone_conditions, ppt_conditions, strict, "check channels/layers/text dim")
 
 

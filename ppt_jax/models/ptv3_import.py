@@ -25,8 +25,8 @@ import re
 
 import numpy as np
 
-from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, fill_variables,
-                                             normalize_keys, spconv_to_taps)
+from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, StateSource,
+                                             fill_variables, normalize_keys, spconv_to_taps)
 
 _LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
            "kernel": "weight"}
@@ -54,21 +54,6 @@ def backbone_prefix(mods):
     if m[3] == "up":
         return f"{stage}.{_UP[name]}"
     return f"{stage}.{_BLOCK[name]}"
-
-
-class _Source:
-    """The state dict with use-once bookkeeping."""
-
-    def __init__(self, state):
-        self.state, self.used = state, set()
-
-    def take(self, key, target):
-        if key not in self.state:
-            raise KeyError(f"Pointcept state dict has no key {key!r} (needed for {target})")
-        if key in self.used:
-            raise ValueError(f"Pointcept key {key!r} would fill two target leaves (second: {target})")
-        self.used.add(key)
-        return np.asarray(self.state[key], np.float32)
 
 
 def _norm_rows(src, prefix, leaf, rows, conditions, backbone_conditions, target):
@@ -110,5 +95,5 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
     with arch="ptv3"); conditions: the model's dataset order. strict=False keeps template leaves
     outside the backbone whose source is absent (e.g. the head of a backbone-only state dict).
     """
-    return fill_variables(_Source(normalize_keys(state)), template, _convert_leaf, conditions,
+    return fill_variables(StateSource(normalize_keys(state)), template, _convert_leaf, conditions,
                           backbone_conditions, ppt_conditions, strict, "check model.ptv3 channels/depths/heads")
