@@ -98,7 +98,7 @@ def test_cli_shards_and_broken_scenes(raw, tmp_path, capsys):
     assert code == 1
     bad_ply = os.path.join(raw, "scans", "scene0001_00", "scene0001_00_vh_clean_2.ply")
     assert (f"skipped scene0001_00: {bad_ply}: unreadable PLY: truncated PLY (element 'face': row 1: "
-            "early end-of-file)") in printed
+            "property 'vertex_indices': early end-of-file)") in printed
     assert "scene0003_00.aggregation.json: file not found" in printed
     nan_ply = os.path.join(raw, "scans", "scene0004_00", "scene0004_00_vh_clean_2.ply")
     assert f"skipped scene0004_00: {nan_ply}: 1 of 7 points have non-finite coord" in printed

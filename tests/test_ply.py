@@ -1,9 +1,10 @@
 """ppt_jax.ply: hand-written ASCII and big-endian binary files read right, round trips in both formats,
-clear errors naming the file."""
+polygon meshes written by plyfile fan-triangulated, clear errors naming the file."""
 
 import struct
 
 import numpy as np
+import plyfile
 import pytest
 
 from ppt_jax import ply
@@ -61,9 +62,39 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "t.ply").write_bytes(data[:-3])
     with pytest.raises(ValueError, match=r"t.ply: truncated PLY"):
         ply.read_ply(tmp_path / "t.ply")
-    quad = tmp_path / "quad.ply"
-    quad.write_text("\n".join(["ply", "format ascii 1.0", "element vertex 4", "property float x",
-                               "element face 1", "property list uchar int vertex_indices",
-                               "end_header", "0", "1", "2", "3", "4 0 1 2 3"]) + "\n")
-    with pytest.raises(ValueError, match="quad.ply: only triangle faces"):
-        ply.read_ply(quad)
+    line = tmp_path / "line.ply"
+    line.write_text("\n".join(["ply", "format ascii 1.0", "element vertex 4", "property float x",
+                               "element face 2", "property list uchar int vertex_indices",
+                               "end_header", "0", "1", "2", "3", "3 0 1 2", "2 0 1"]) + "\n")
+    with pytest.raises(ValueError, match="line.ply: face 1 has 2 vertices"):
+        ply.read_ply(line)
+
+
+# Polygons as other tools write them (plyfile itself, variable-length lists), and the triangles expected
+# of each: the fan (v0, vi, vi+1) of every face, in face order.
+QUADS = ([[0, 1, 2, 3], [3, 2, 4, 5]],
+         [[0, 1, 2], [0, 2, 3], [3, 2, 4], [3, 4, 5]])
+MIXED = ([[0, 1, 2], [1, 3, 4, 2], [2, 4, 5], [0, 2, 5, 6, 7]],
+         [[0, 1, 2], [1, 3, 4], [1, 4, 2], [2, 4, 5], [0, 2, 5], [0, 5, 6], [0, 6, 7]])
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian", "binary_big_endian"])
+@pytest.mark.parametrize("mesh", [QUADS, MIXED], ids=["quads", "triangles+quads+pentagon"])
+def test_polygon_faces_written_by_plyfile_come_back_fan_triangulated(tmp_path, fmt, mesh):
+    polygons, triangles = mesh
+    order = {"binary_big_endian": ">"}.get(fmt, "<")
+    vertex = np.zeros(8, [("x", order + "f4"), ("y", order + "f4"), ("z", order + "f4")])
+    vertex["x"] = np.arange(8)
+    extra = [("flags", "u1")] if mesh is MIXED else []  # another face property: read past, dropped
+    face = np.zeros(len(polygons), [("vertex_indices", object)] + extra)
+    face["vertex_indices"] = [np.array(p, np.int32) for p in polygons]
+    path = tmp_path / "mesh.ply"
+    plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex"),
+                     plyfile.PlyElement.describe(face, "face", len_types={"vertex_indices": "u1"},
+                                                 val_types={"vertex_indices": "i4"})],
+                    text=fmt == "ascii", byte_order=order).write(str(path))
+    assert f"format {fmt} 1.0".encode() in path.read_bytes()[:64]
+    out = ply.read_ply(path)
+    np.testing.assert_array_equal(out["vertex"]["x"], np.arange(8))
+    assert out["face"].dtype.names == ("vertex_indices",)
+    np.testing.assert_array_equal(out["face"]["vertex_indices"], triangles)

@@ -2,6 +2,7 @@
 
 import ml_collections
 import numpy as np
+import plyfile
 import pytest
 from PIL import Image
 
@@ -130,6 +131,25 @@ def test_binary_ply_without_normals_gets_unit_inward_normals(tmp_path):
         ((coord < size - 0.4) | np.isclose(coord, size)).all(1)
     assert inner.sum() > 1000
     assert np.einsum("ni,ni->n", cloud.normal[inner], truth[inner]).min() > 0.99
+
+
+def test_binary_ply_mesh_with_quad_faces_is_read(tmp_path):
+    """A binary mesh of quads (as plyfile writes one) gives its vertices, as the same mesh in ASCII."""
+    coord = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0], [2, 1, 0]], np.float32)
+    color = (np.arange(18).reshape(6, 3) * 13).astype(np.uint8)
+    vertex = np.empty(6, [(n, "<f4") for n in "xyz"] + [(c, "u1") for c in ("red", "green", "blue")])
+    for i, name in enumerate("xyz"):
+        vertex[name] = coord[:, i]
+    for i, name in enumerate(("red", "green", "blue")):
+        vertex[name] = color[:, i]
+    face = np.empty(2, [("vertex_indices", object)])
+    face["vertex_indices"] = [np.array([0, 1, 2, 3], np.int32), np.array([1, 4, 5, 2], np.int32)]
+    path = str(tmp_path / "quads.ply")
+    plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex"),
+                     plyfile.PlyElement.describe(face, "face")], byte_order="<").write(path)
+    cloud = predict.read_ply_cloud(path)
+    np.testing.assert_array_equal(cloud.coord, coord)
+    np.testing.assert_array_equal(cloud.color, color)
 
 
 def test_bad_ply_files_name_the_file_and_the_problem(tmp_path):
