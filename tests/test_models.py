@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import pytest
 
 from ppt_jax import labels, models, sparse
-from ppt_jax.models import heads, norm
+from ppt_jax.models import heads, norm, spunet
 from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
 from ppt_jax.models.norm import PDNorm
-from ppt_jax.models.spunet import SparseConv
 
 DATASETS = labels.DATASETS                       # ScanNet 20, S3DIS 13, Structured3D 25 classes
 SMALL = dict(channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1), base_channels=8,
@@ -299,7 +298,8 @@ def test_init_matches_reference(small_batch):
     model, _, (coords, mask, feat, h, cond) = small_batch
     key = jax.random.PRNGKey(0)
     x = np.ones((2, 48, 32), np.float32)
-    conv = lambda kind, k=3: jax.jit(SparseConv(32, kind, 0, k).init)(key, x, h)["params"]["kernel"]
+    conv = lambda kind, k=3: jax.jit(spunet.conv(32, kind, 0, k, jnp.float32, None).init)(
+        key, x, h)["params"]["kernel"]
     subm = np.asarray(conv("subm"))
     assert abs(subm.std() - 0.02) < 0.001 and abs(subm.mean()) < 0.001
     for kind in ("down", "up"):

@@ -50,7 +50,7 @@ def _attention(x, n_heads, k, mask):
     n = int(mask.sum())
     perm = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)]).astype(np.int32)
     layout = tuple(a[None] for a in layout_of(jnp.asarray(perm), n, k))
-    module = ptv3.SerializedAttention(x.shape[-1], n_heads)
+    module = ptv3.SerializedAttention(x.shape[-1], n_heads, "xla", jnp.float32)
     variables = jax.jit(module.init)(jax.random.key(0), x[None], layout)
     return jax.jit(module.apply)(variables, x[None], layout)[0], variables["params"]
 
@@ -147,10 +147,14 @@ def test_train_forward_compiles_once_and_is_deterministic():
 
 def test_config_errors_name_the_setting():
     with pytest.raises(ValueError, match="model.ptv3.dec_depths"):
-        ptv3.PTv3(2, enc_depths=(1, 1), enc_channels=(8, 8), enc_heads=(2, 2), enc_patch_size=(4, 4),
+        ptv3.PTv3(2, decouple=True, bn_momentum=0.99, bn_epsilon=1e-3, bn_group_size=0, dtype=jnp.float32,
+                  enc_depths=(1, 1), enc_channels=(8, 8), enc_heads=(2, 2), enc_patch_size=(4, 4),
                   dec_depths=(1, 1))._check(type("H", (), {"masks": (0, 0)})())
+    h, _, _ = _hierarchy()
+    init = lambda model: model.init(jax.random.key(0), jnp.zeros((1, 128, 6)),
+                                    jax.tree_util.tree_map(lambda a: a[None], h), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="norm_adaptive=False"):
-        model = models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled")
-        h, _, _ = _hierarchy()
-        model.init(jax.random.key(0), jnp.zeros((1, 128, 6)), jax.tree_util.tree_map(lambda a: a[None], h),
-                   jnp.zeros((1,), jnp.int32))
+        init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled"))
+    with pytest.raises(ValueError, match="model.ptv3.bn_momentum is not a PTv3 setting"):
+        init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled", norm_adaptive=False,
+                        ptv3=(("bn_momentum", 0.9),)))

@@ -27,6 +27,7 @@ def torch_linear(fan_in):
     return uniform(1.0 / fan_in ** 0.5)
 
 
-def spconv_strided(in_channels):
-    """spconv 2.x default for the k=2 strided and inverse convs: U(+-1/sqrt(8 * C_in))."""
-    return uniform(1.0 / (8 * in_channels) ** 0.5)
+def spconv_default(fan_in):
+    """spconv 2.x default for a conv's kernel and bias, fan_in = taps * C_in: U(+-1/sqrt(fan_in)) (as
+    PyTorch's Linear)."""
+    return torch_linear(fan_in)

@@ -25,6 +25,7 @@ from flax import traverse_util
 
 from ppt_jax.models import heads
 from ppt_jax.models.ptv3 import PTv3
+from ppt_jax.models.ptv3 import defaults as ptv3_defaults
 from ppt_jax.models.spunet import SpUNet
 
 PROMPT_KEYWORDS = ("prompt", "modulation")
@@ -35,7 +36,7 @@ class PPT(nn.Module):
     """feat (B, N, C_in), batched sparse.Hierarchy, condition (B,) -> logits (B, N, K) float32."""
     conditions: tuple
     arch: str = "spunet"
-    ptv3: tuple = ()                     # ((PTv3 field, value), ...) for arch="ptv3"
+    ptv3: tuple = ()                     # ((PTv3 setting, value), ...) for arch="ptv3"
     channels: tuple = (32, 64, 128, 256, 256, 128, 96, 96)
     layers: tuple = (2, 3, 4, 6, 2, 2, 2, 2)
     base_channels: int = 32
@@ -87,9 +88,14 @@ class PPT(nn.Module):
             raise ValueError("model.backbone='ptv3' takes model.adapter 'pdnorm' with "
                              "model.norm_adaptive=False (the reference's PTv3 recipe) or 'none'; got "
                              f"adapter={self.adapter!r}, norm_adaptive={self.norm_adaptive}")
+        settings = dict(self.ptv3)
+        unknown = sorted(set(settings) - set(ptv3_defaults()))
+        if unknown:
+            raise ValueError(f"model.ptv3.{unknown[0]} is not a PTv3 setting (those are "
+                             f"{', '.join(ptv3_defaults())})")
         return PTv3(len(self.conditions), decouple=self.norm_decouple and self.adapter != "none",
                     bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                    bn_group_size=self.bn_group_size, dtype=self.dtype, **dict(self.ptv3))
+                    bn_group_size=self.bn_group_size, dtype=self.dtype, **settings)
 
     def _make_head(self):
         if self.head == "language":

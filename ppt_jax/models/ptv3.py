@@ -25,7 +25,6 @@ Initialisation is PyTorch's and spconv's defaults (PT-v3m1 sets none of its own)
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -33,8 +32,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from ppt_jax import sparse
 from ppt_jax.models import inits
+from ppt_jax.models.conv import SparseConv
 from ppt_jax.models.norm import PDNorm
 from ppt_jax.sparse import serialization
 
@@ -54,8 +53,8 @@ def _dense(features, fan_in, name, dtype):
 class ConditionLayerNorm(nn.Module):
     """LayerNorm over channels with one affine per dataset (decouple) or one shared; float32 inside."""
     num_conditions: int
-    decouple: bool = True
-    epsilon: float = 1e-5
+    decouple: bool
+    epsilon: float
 
     @nn.compact
     def __call__(self, x, condition):
@@ -69,26 +68,6 @@ class ConditionLayerNorm(nn.Module):
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         return (y * scale[cond][:, None] + bias[cond][:, None]).astype(x.dtype)
-
-
-class SubmConv(nn.Module):
-    """Submanifold conv at one level (spconv default init), optional bias; batched over samples."""
-    features: int
-    level: int
-    kernel_size: int = 3
-    use_bias: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, hierarchy):
-        cin, taps = x.shape[-1], self.kernel_size ** 3
-        bound = 1.0 / math.sqrt(taps * cin)
-        w = self.param("kernel", inits.uniform(bound), (taps, cin, self.features), jnp.float32)
-        w = w.astype(self.dtype)
-        y = sparse.subm_conv(jnp.asarray(x, self.dtype), hierarchy, self.level, w)   # batched
-        if self.use_bias:
-            y = y + self.param("bias", inits.uniform(bound), (self.features,), jnp.float32).astype(y.dtype)
-        return y
 
 
 def patch_layout(perm, n, k):
@@ -125,8 +104,8 @@ class SerializedAttention(nn.Module):
     """Multi-head self-attention inside the patches of one order: x (B, N, C) -> (B, N, C)."""
     channels: int
     num_heads: int
-    attention: str = "xla"
-    dtype: Any = jnp.float32
+    attention: str
+    dtype: Any
 
     @nn.compact
     def __call__(self, x, layout):
@@ -150,13 +129,13 @@ class Block(nn.Module):
     num_heads: int
     level: int
     num_conditions: int
-    decouple: bool = True
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.0
-    ln_epsilon: float = 1e-5
-    attention: str = "xla"
-    remat_attention: bool = False
-    dtype: Any = jnp.float32
+    decouple: bool
+    mlp_ratio: float
+    drop_path: float
+    ln_epsilon: float
+    attention: str
+    remat_attention: bool
+    dtype: Any
 
     def _drop_path(self, y, train):
         """timm DropPath on the reference's (points, C) features: drops whole points' residuals."""
@@ -171,8 +150,8 @@ class Block(nn.Module):
         """cpe_input: what the xCPE conv reads instead of x (see PTv3.cpe_after_unpool)."""
         c, dt = self.channels, self.dtype
         ln = lambda name: ConditionLayerNorm(self.num_conditions, self.decouple, self.ln_epsilon, name=name)
-        y = SubmConv(c, self.level, 3, True, dt, name="cpe_conv")(x if cpe_input is None else cpe_input,
-                                                                   hierarchy)
+        y = SparseConv(c, "subm", self.level, 3, True, dtype=dt, name="cpe_conv")(
+            x if cpe_input is None else cpe_input, hierarchy)
         y = _dense(c, c, "cpe_linear", dt)(y)
         x = x + ln("cpe_norm")(y, condition).astype(x.dtype)
         attention = nn.remat(SerializedAttention) if self.remat_attention else SerializedAttention
@@ -202,7 +181,7 @@ class Pooling(nn.Module):
     features: int
     level: int
     norm: Any
-    dtype: Any = jnp.float32
+    dtype: Any
 
     @nn.compact
     def __call__(self, x, hierarchy, condition, train):
@@ -219,7 +198,7 @@ class Unpooling(nn.Module):
     features: int
     level: int
     norm: Any
-    dtype: Any = jnp.float32
+    dtype: Any
 
     @nn.compact
     def __call__(self, x, skip, hierarchy, condition, train):
@@ -253,6 +232,11 @@ class PTv3(nn.Module):
     skip features only; "sum": the unpooled sum, as the fix proposed upstream (docs/ptv3.md).
     """
     num_conditions: int
+    decouple: bool                    # these five: PPT's shared model fields (models.PPT holds their defaults)
+    bn_momentum: float
+    bn_epsilon: float
+    bn_group_size: int
+    dtype: Any
     orders: tuple = serialization.ORDERS
     enc_depths: tuple = (3, 3, 3, 6, 3)
     enc_channels: tuple = (48, 96, 192, 384, 512)
@@ -265,15 +249,10 @@ class PTv3(nn.Module):
     mlp_ratio: float = 4.0
     drop_path: float = 0.3
     shuffle_orders: bool = True
-    decouple: bool = True
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-    bn_group_size: int = 0
     ln_epsilon: float = 1e-5
     cpe_after_unpool: str = "skip"
     attention: str = "xla"
     remat_attention: bool = False
-    dtype: Any = jnp.float32
 
     def _check(self, hierarchy):
         stages = len(self.enc_depths)
@@ -328,7 +307,7 @@ class PTv3(nn.Module):
             which = schedule[level][i % len(self.orders)]
             return tuple(a[which] for a in layouts[level, k])
 
-        x = SubmConv(self.enc_channels[0], 0, 5, False, dt, name="embedding_conv")(feat, hierarchy)
+        x = SparseConv(self.enc_channels[0], "subm", 0, 5, dtype=dt, name="embedding_conv")(feat, hierarchy)
         x = _gelu(bn(name="embedding_norm")(x, hierarchy.masks[0], condition, None, train))
         skips = []
         for s, rates in enumerate(_drop_path_rates(self.drop_path, self.enc_depths)):
@@ -349,12 +328,8 @@ class PTv3(nn.Module):
         return jnp.where(hierarchy.masks[0][..., None], x.astype(jnp.float32), 0.0)
 
 
-CONFIGURABLE = ("orders", "enc_depths", "enc_channels", "enc_heads", "enc_patch_size", "dec_depths",
-                "dec_channels", "dec_heads", "dec_patch_size", "mlp_ratio", "drop_path", "shuffle_orders",
-                "ln_epsilon", "cpe_after_unpool", "attention", "remat_attention")
-"""PTv3 fields a config sets (`config.model.ptv3`); the others come from PPT's shared model fields."""
-
-
 def defaults():
-    """{field: default} for `config.model.ptv3`: the reference's PTv3 + PPT recipe."""
-    return {f.name: f.default for f in dataclasses.fields(PTv3) if f.name in CONFIGURABLE}
+    """{field: default} of every PTv3 setting (`config.model.ptv3`): the reference's PTv3 + PPT recipe.
+    The fields without a default are PPT's shared model fields."""
+    return {f.name: f.default for f in dataclasses.fields(PTv3)
+            if f.default is not dataclasses.MISSING and f.name not in ("parent", "name")}

@@ -4,9 +4,9 @@ Module names mirror the reference's state-dict keys (conv_input, down_s, enc_s/b
 dec_s/block_i; conv/bn inside the conv-norm-ReLU units; conv1/bn1/conv2/bn2/proj_conv/proj_norm
 inside BasicBlocks) so that `pointcept_import` is a readable key mapping.
 
-Sparse convs run on the whole batch through `ppt_jax.sparse` (its per-sample forms vmap inside); kernels are float32
-params, cast to the compute dtype; norms keep float32 statistics. Stage s of the encoder lives at
-hierarchy level s+1, decoder stage s at level s; the stem and the output at level 0.
+Sparse convs are `conv.SparseConv` (the whole batch at once, float32 kernels cast to the compute
+dtype); norms keep float32 statistics. Stage s of the encoder lives at hierarchy level s+1, decoder
+stage s at level s; the stem and the output at level 0.
 """
 
 import functools
@@ -16,33 +16,19 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from ppt_jax import sparse
 from ppt_jax.models import inits
 from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
+from ppt_jax.models.conv import SparseConv
 from ppt_jax.models.norm import PDNorm
 
 ADAPTERS = ("pdnorm", "add", "cross_attention", "none")
 
 
-class SparseConv(nn.Module):
-    """One bias-free sparse conv; kernel (taps, C_in, C_out) as design.md §2."""
-    features: int
-    kind: str            # "subm" | "down" | "up"
-    level: int           # the input level for subm/down, the output level for up
-    kernel_size: int = 3
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, hierarchy):
-        cin = x.shape[-1]
-        if self.kind == "subm":
-            taps, init = self.kernel_size ** 3, inits.trunc_normal(0.02)
-        else:
-            taps, init = 8, inits.spconv_strided(cin)
-        w = self.param("kernel", init, (taps, cin, self.features), jnp.float32).astype(self.dtype)
-        x = jnp.asarray(x, self.dtype)
-        fn = getattr(sparse, f"{self.kind}_conv")          # subm_conv | down_conv | up_conv
-        return fn(x, hierarchy, self.level, w)             # batched: (B, N, C) with the batched hierarchy
+def conv(features, kind, level, kernel_size, dtype, name):
+    """The reference's init_weights: trunc_normal(0.02) on the SubMConv3d layers, spconv's default on
+    the strided and inverse convs."""
+    init = inits.trunc_normal(0.02) if kind == "subm" else None
+    return SparseConv(features, kind, level, kernel_size, kernel_init=init, dtype=dtype, name=name)
 
 
 class Unit(nn.Module):
@@ -51,13 +37,12 @@ class Unit(nn.Module):
     kind: str
     level: int
     norm: Any
+    dtype: Any
     kernel_size: int = 3
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, hierarchy, condition, context, train):
-        x = SparseConv(self.features, self.kind, self.level, self.kernel_size, self.dtype,
-                       name="conv")(x, hierarchy)
+        x = conv(self.features, self.kind, self.level, self.kernel_size, self.dtype, "conv")(x, hierarchy)
         out_level = self.level + 1 if self.kind == "down" else self.level
         x = self.norm(name="bn")(x, hierarchy.masks[out_level], condition, context, train)
         return nn.relu(x)
@@ -68,18 +53,18 @@ class BasicBlock(nn.Module):
     features: int
     level: int
     norm: Any
-    dtype: Any = jnp.float32
+    dtype: Any
 
     @nn.compact
     def __call__(self, x, hierarchy, condition, context, train):
         mask = hierarchy.masks[self.level]
-        conv = lambda k, name: SparseConv(self.features, "subm", self.level, k, self.dtype, name=name)
-        h = conv(3, "conv1")(x, hierarchy)
+        subm = lambda k, name: conv(self.features, "subm", self.level, k, self.dtype, name)
+        h = subm(3, "conv1")(x, hierarchy)
         h = nn.relu(self.norm(name="bn1")(h, mask, condition, context, train))
-        h = conv(3, "conv2")(h, hierarchy)
+        h = subm(3, "conv2")(h, hierarchy)
         h = self.norm(name="bn2")(h, mask, condition, context, train)
         if x.shape[-1] != self.features:
-            x = conv(1, "proj_conv")(x, hierarchy)
+            x = subm(1, "proj_conv")(x, hierarchy)
             x = self.norm(name="proj_norm")(x, mask, condition, context, train)
         return nn.relu(h + x.astype(h.dtype))
 
@@ -90,7 +75,7 @@ class Stage(nn.Module):
     depth: int
     level: int
     norm: Any
-    dtype: Any = jnp.float32
+    dtype: Any
 
     @nn.compact
     def __call__(self, x, hierarchy, condition, context, train):
@@ -103,24 +88,24 @@ class Stage(nn.Module):
 class SpUNet(nn.Module):
     """SpUNet-v1m3: feat (B, N0, C_in) -> per-site features (B, N0, channels[-1]) float32.
 
-    channels/layers: 4 encoder then 4 decoder stages (reference 32,64,128,256,256,128,96,96 and
-    2,3,4,6,2,2,2,2). adapter: "pdnorm" (PDNorm, adaptive per `norm_adaptive`), "add" or
+    The fields are `models.PPT`'s, which holds their defaults (the reference's). channels/layers: 4
+    encoder then 4 decoder stages. adapter: "pdnorm" (PDNorm, adaptive per `norm_adaptive`), "add" or
     "cross_attention" (PDNorm without modulation + a prompt adapter after every stage), "none"
     (one shared BatchNorm, no prompt: the naive joint-training baseline).
     """
     num_conditions: int
-    channels: tuple = (32, 64, 128, 256, 256, 128, 96, 96)
-    layers: tuple = (2, 3, 4, 6, 2, 2, 2, 2)
-    base_channels: int = 32
-    adapter: str = "pdnorm"
-    norm_decouple: bool = True
-    norm_adaptive: bool = True
-    zero_init: bool = False
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-    bn_group_size: int = 0
-    attention_tokens: int = 8
-    dtype: Any = jnp.float32
+    channels: tuple
+    layers: tuple
+    base_channels: int
+    adapter: str
+    norm_decouple: bool
+    norm_adaptive: bool
+    zero_init: bool
+    bn_momentum: float
+    bn_epsilon: float
+    bn_group_size: int
+    attention_tokens: int
+    dtype: Any
 
     def _norm(self):
         prompt_norm = self.adapter == "pdnorm" and self.norm_adaptive
@@ -147,18 +132,18 @@ class SpUNet(nn.Module):
                              f"stages), got {self.channels} and {self.layers}")
         norm, dt = self._norm(), self.dtype
         args = (hierarchy, condition, context, train)
-        x = Unit(self.base_channels, "subm", 0, norm, 5, dt, name="conv_input")(feat, *args)
+        x = Unit(self.base_channels, "subm", 0, norm, dt, 5, name="conv_input")(feat, *args)
         x = self._adapt(x, context, "stem")
         skips = [x]
         for s in range(4):
-            x = Unit(self.channels[s], "down", s, norm, dtype=dt, name=f"down_{s}")(x, *args)
+            x = Unit(self.channels[s], "down", s, norm, dt, name=f"down_{s}")(x, *args)
             x = Stage(self.channels[s], self.layers[s], s + 1, norm, dt, name=f"enc_{s}")(x, *args)
             x = self._adapt(x, context, f"enc_{s}")
             skips.append(x)
         x = skips.pop()
         for s in reversed(range(4)):
             width = self.channels[7 - s]
-            x = Unit(width, "up", s, norm, dtype=dt, name=f"up_{s}")(x, *args)
+            x = Unit(width, "up", s, norm, dt, name=f"up_{s}")(x, *args)
             x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
             x = Stage(width, self.layers[7 - s], s, norm, dt, name=f"dec_{s}")(x, *args)
             x = self._adapt(x, context, f"dec_{s}")
