@@ -44,7 +44,7 @@ def read_ply(path):
 def _read(path):
     """Binary triangles are memory-mapped in one go (plyfile's `known_list_len`). When that fails on the
     faces (a face of another size, or too few bytes for all-triangles), the file is read again by
-    plyfile's general reader, list by list (~10 us a face): it takes any sizes and names the row that is
+    plyfile's general reader, list by list (far slower): it takes any sizes and names the row that is
     really short."""
     try:
         return plyfile.PlyData.read(path, known_list_len={"face": dict.fromkeys(FACE_PROPERTIES, 3)})
