@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep import s3dis, writer
-from test_data_prep_writer import read_split
+from conftest import read_split
 
 GRID = np.stack(np.meshgrid(np.linspace(0, 1, 11), np.linspace(0, 1, 11)), -1).reshape(-1, 2)
 

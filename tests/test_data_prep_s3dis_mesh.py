@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import s3dis, s3dis_mesh, writer
 from test_data_prep_s3dis import GRID, raw  # noqa: F401  (the fixture)
-from test_data_prep_writer import read_split
+from conftest import read_split
 
 
 def write_obj(path, verts, faces):

@@ -8,7 +8,7 @@ import pytest
 
 from data_prep import scannet
 from ppt_jax import ply
-from test_data_prep_writer import read_split
+from conftest import read_split
 
 # 7 vertices: a unit square in z=0 (two triangles), a triangle in x=0, a vertex in no face (v5) and a
 # vertex v6 in v0's 1 cm voxel, also in no face.

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_prep import structured3d as s3d
-from test_data_prep_writer import read_split
+from conftest import read_split
 
 PANO_HW, FRAME_HW = (8, 16), (6, 8)
 CAM = np.array([1000.0, 2000.0, 1500.0])  # camera position X Y Z in mm (Structured3D, z up)

@@ -10,12 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from data_prep import writer
 from ppt_jax.data import schema
+from conftest import REPO, read_split
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENES = [f"scene{i:02d}" for i in range(7)]
 
 
@@ -50,17 +49,6 @@ def load_interrupt(stop_at, scene_id):
     if scene_id == stop_at:
         raise KeyboardInterrupt
     return make_raw(scene_id)
-
-
-def read_split(split_dir):
-    """{scene: decoded dict} over every shard named in the manifest."""
-    manifest = schema.read_manifest(split_dir)
-    scenes = {}
-    for shard in manifest["shards"]:
-        for rec in tf.data.TFRecordDataset(os.path.join(split_dir, shard["file"])):
-            scene = schema.decode_scene(rec.numpy())
-            scenes[scene["scene"]] = scene
-    return manifest, scenes
 
 
 def shard_bytes(split_dir):

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 
 from ppt_jax import distributed
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["launch/local.sh", "launch/slurm.sbatch", "launch/tpu_pod.sh"]
 
 

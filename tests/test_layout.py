@@ -4,7 +4,7 @@ import ast
 import glob
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def _imports(path):

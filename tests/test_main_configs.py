@@ -15,8 +15,8 @@ from ml_collections import config_flags
 
 from ppt_jax import data, labels, main
 from ppt_jax.train import setup
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                  if not os.path.basename(p).startswith(("_", "base")))
 
@@ -69,7 +69,7 @@ def _load(argv):
 
 
 # One field of every section, each set to a value no variant uses.
-OVERRIDES = {"train.steps": 7, "train.log_every": 3, "model.channels": (8, 8, 8, 8, 8, 8, 8, 8),
+OVERRIDES = {"train.steps": 7, "train.log_every": 3, "model.channels": (12, 12, 12, 12, 12, 12, 12, 12),
              "model.base_channels": 12, "data.batch_size": 6, "data.num_sites": 777,
              "data.train_dirs.ScanNet": "/x/train", "eval.val_dirs.ScanNet": "/y/val",
              "sparse.capacity_margin": 1.37, "optim.lr": 0.123,

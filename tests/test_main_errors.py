@@ -1,6 +1,5 @@
 """`python -m ppt_jax.main` with bad settings: `error:` lines, exit code 2, no traceback, no work."""
 
-import os
 import subprocess
 import sys
 
@@ -9,14 +8,13 @@ import tensorflow as tf
 
 from ppt_jax import main
 from ppt_jax.train import checkpoint, lock, validate
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, cpu_env
 
 
 def _main(tmp_path, *flags):
     out = subprocess.run([sys.executable, "-m", "ppt_jax.main", "--config=configs/tiny.py",
                           f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                         text=True, timeout=300, env=cpu_env())
     return out.returncode, out.stderr
 
 

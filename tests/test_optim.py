@@ -4,10 +4,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import base
 from ppt_jax.train import optim
 
 
@@ -36,11 +36,8 @@ def torch_one_cycle(step, total, max_lr, pct_start=0.05, div=10.0, final_div=1e4
 
 
 def optim_config(**overrides):
-    cfg = ml_collections.ConfigDict(dict(
-        name="sgd", lr=0.05, weight_decay=1e-4, nesterov=True, pct_start=0.05, div_factor=10.0,
-        final_div_factor=1e4, cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-        momentum=0.9, betas=(0.9, 0.999), clip_grad=0.0, group_keywords=("prompt", "modulation"),
-        group_lr_scale=1.0))
+    """The reference recipe's optimizer settings (configs/base.py), with `overrides`."""
+    cfg = base.recipe("optim").optim
     cfg.update(overrides)
     return cfg
 

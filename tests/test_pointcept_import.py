@@ -14,79 +14,25 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import base
 from ppt_jax import labels, models, sparse
 from ppt_jax.models import pointcept_import as pi
+from ppt_jax.train.step import build_hierarchies
+from conftest import REPO, pointcept_random_state, pointcept_spunet_shapes
 
 REF_BACKBONE = ("ScanNet", "S3DIS", "Structured3D")
 REF_PPT = ("Structured3D", "ScanNet", "S3DIS")
-FULL = dict(channels=(32, 64, 128, 256, 256, 128, 96, 96), layers=(2, 3, 4, 6, 2, 2, 2, 2), base=32)
-SMALL = dict(channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1), base=8)
+FULL = dict(channels=(32, 64, 128, 256, 256, 128, 96, 96), layers=(2, 3, 4, 6, 2, 2, 2, 2), base_channels=32,
+            context_channels=256)                     # the reference's sizes
+SMALL = dict(base.MODEL_SIZES["tiny"], context_channels=16)
 
 
-def reference_shapes(channels, layers, base, context=256, text_dim=512, in_channels=6):
-    """Key -> shape of a Pointcept PPT-v1m1(SpUNet-v1m3) state dict, as its constructors build it."""
-    keys = {}
-
-    def pdbn(prefix, c):
-        for i in range(3):
-            for leaf in ("weight", "bias", "running_mean", "running_var"):
-                keys[f"{prefix}.bns.{i}.{leaf}"] = (c,)
-            keys[f"{prefix}.bns.{i}.num_batches_tracked"] = ()
-        keys[f"{prefix}.modulation.1.weight"] = (2 * c, context)
-        keys[f"{prefix}.modulation.1.bias"] = (2 * c,)
-
-    def block(prefix, cin, cout):
-        keys[f"{prefix}.conv1.weight"] = (cout, 3, 3, 3, cin)
-        pdbn(f"{prefix}.bn1", cout)
-        keys[f"{prefix}.conv2.weight"] = (cout, 3, 3, 3, cout)
-        pdbn(f"{prefix}.bn2", cout)
-        if cin != cout:
-            keys[f"{prefix}.proj_conv.weight"] = (cout, 1, 1, 1, cin)
-            pdbn(f"{prefix}.proj_norm", cout)
-
-    keys["backbone.conv_input.conv.weight"] = (base, 5, 5, 5, in_channels)
-    pdbn("backbone.conv_input.bn", base)
-    enc, dec = base, channels[-1]
-    for s in range(4):
-        keys[f"backbone.down.{s}.conv.weight"] = (channels[s], 2, 2, 2, enc)
-        pdbn(f"backbone.down.{s}.bn", channels[s])
-        for i in range(layers[s]):
-            block(f"backbone.enc.{s}.block{i}", channels[s], channels[s])
-        keys[f"backbone.up.{s}.conv.weight"] = (dec, 2, 2, 2, channels[8 - s - 2])
-        pdbn(f"backbone.up.{s}.bn", dec)
-        for i in range(layers[8 - s - 1]):
-            block(f"backbone.dec.{s}.block{i}", dec + enc if i == 0 else dec, dec)
-        enc, dec = channels[s], channels[8 - s - 2]
-    keys["embedding_table.weight"] = (3, context)
-    keys["proj_head.weight"] = (text_dim, channels[-1])
-    keys["proj_head.bias"] = (text_dim,)
-    keys["class_embedding"] = (36, text_dim)
-    keys["logit_scale"] = ()
-    return keys
-
-
-def random_state(shapes, seed=0):
-    rng = np.random.default_rng(seed)
-    state = {}
-    for k, shape in shapes.items():
-        if k.endswith("num_batches_tracked"):
-            state[k] = np.array(7, np.int64)
-        elif k.endswith("running_var"):
-            state[k] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
-        else:
-            state[k] = rng.normal(size=shape).astype(np.float32)
-    state["logit_scale"] = np.array(np.log(100.0), np.float32)
-    return {f"module.{k}": v for k, v in state.items()}          # as saved under DDP
-
-
-def template(cfg, context, text_dim, n=32):
-    model = models.PPT(labels.DATASETS, channels=cfg["channels"], layers=cfg["layers"],
-                       base_channels=cfg["base"], context_channels=context,
-                       text_table=np.eye(36, text_dim, dtype=np.float32))
+def template(sizes, text_dim, n=32):
+    model = models.PPT(labels.DATASETS, **sizes, text_table=np.eye(36, text_dim, dtype=np.float32))
     spec = sparse.HierarchySpec(capacities=(n,) * 5)
 
     def init(feat, coords, mask):
-        h = jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec))(coords, mask)
+        h = build_hierarchies(coords, mask, spec)
         return model.init(jax.random.PRNGKey(0), feat, h, jnp.zeros(1, jnp.int32))
 
     return jax.eval_shape(init, jax.ShapeDtypeStruct((1, n, 6), jnp.float32),
@@ -96,10 +42,10 @@ def template(cfg, context, text_dim, n=32):
 
 def test_full_size_key_list_converts_completely():
     """1067 tensors in the reference state dict; all fill our full-size PPT exactly."""
-    shapes = reference_shapes(**FULL)
+    shapes = pointcept_spunet_shapes(**FULL)
     assert len(shapes) == 1067
     state = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
-    variables, report = pi.convert(state, template(FULL, 256, 512), labels.DATASETS)
+    variables, report = pi.convert(state, template(FULL, 512), labels.DATASETS)
     n_stats = sum(1 for k in shapes if k.endswith("num_batches_tracked"))
     assert report.unused_keys == [] and len(report.skipped_keys) == n_stats == 59 * 3
     assert report.used_keys == len(shapes) - n_stats - 2          # minus class_embedding, logit_scale
@@ -108,8 +54,8 @@ def test_full_size_key_list_converts_completely():
 
 @pytest.fixture(scope="module")
 def small_import():
-    state = random_state(reference_shapes(**SMALL, context=16, text_dim=12))
-    variables, report = pi.convert(state, template(SMALL, 16, 12), labels.DATASETS)
+    state = pointcept_random_state(pointcept_spunet_shapes(**SMALL, text_dim=12))
+    variables, report = pi.convert(state, template(SMALL, 12), labels.DATASETS)
     ref = {k[len("module."):]: v for k, v in state.items()}
     return ref, variables, report
 
@@ -144,13 +90,13 @@ def test_leaves_by_hand(small_import, tmp_path):
     # The .npz reader strips `module.` and gives the same variables.
     path = tmp_path / "ppt.npz"
     np.savez(path, **{f"module.{k}": a for k, a in ref.items()})
-    again, _ = pi.convert(pi.load_state_dict(str(path)), template(SMALL, 16, 12), labels.DATASETS)
+    again, _ = pi.convert(pi.load_state_dict(str(path)), template(SMALL, 12), labels.DATASETS)
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, v)
 
 
 def test_bad_state_dicts_are_named(small_import):
     ref, _, _ = small_import
-    tmpl = template(SMALL, 16, 12)
+    tmpl = template(SMALL, 12)
     broken = dict(ref)
     del broken["backbone.up.3.bn.bns.1.running_mean"]
     with pytest.raises(KeyError, match="up.3.bn.bns.1.running_mean"):
@@ -171,7 +117,7 @@ def test_bare_backbone_state_dict(small_import):
     prompt table and head of a concrete template and says so."""
     ref, v, _ = small_import
     bare = {k[len("backbone."):]: a for k, a in ref.items() if k.startswith("backbone.")}
-    tmpl = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template(SMALL, 16, 12))
+    tmpl = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template(SMALL, 12))
     with pytest.raises(KeyError, match="embedding_table"):
         pi.convert(bare, tmpl, labels.DATASETS)
     got, report = pi.convert(bare, tmpl, labels.DATASETS, strict=False)
@@ -222,7 +168,7 @@ def test_single_convs_match_spconv_forward_and_backward(reference):
     coords, mask = _per_sample(idx, idx[:, 1:], n)
     x, _ = _per_sample(idx, ref["conv/x"], n)
     spec = sparse.HierarchySpec(capacities=(n, n))
-    h = jax.jit(jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec)))(coords, mask)
+    h = jax.jit(build_hierarchies, static_argnums=2)(coords, mask, spec)
 
     @functools.partial(jax.jit, static_argnums=0)
     def run(fn, x, w, cot):
@@ -258,9 +204,6 @@ def test_single_convs_match_spconv_forward_and_backward(reference):
     _close(np.asarray(dw), pi.spconv_to_taps(ref["conv/up/dw"]), "up weight gradient")
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.fixture(scope="module")
 def imported(reference, tmp_path_factory):
     """The fixture's Pointcept state dict (saved under DDP names) through the user's import command."""
@@ -294,7 +237,7 @@ def test_import_command_writes_an_export_that_predicts_what_pointcept_predicts(r
     coords, mask = _per_sample(idx, idx[:, 1:].astype(np.int32), n)
     feat, _ = _per_sample(idx, ref["model/feat"], n)
     spec = sparse.HierarchySpec(capacities=(n,) * 5)
-    h = jax.jit(jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec)))(coords, mask)
+    h = jax.jit(build_hierarchies, static_argnums=2)(coords, mask, spec)
     backbone = jax.jit(functools.partial(model.apply, method=models.PPT.features))
     head = jax.jit(lambda m, v, f, c: m.apply(v, f, c, method=lambda mod, f, c: mod.seg_head(f, c)),
                    static_argnums=0)

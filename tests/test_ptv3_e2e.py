@@ -2,21 +2,19 @@
 synthetic default, CE + Lovasz, AdamW with the "block" group; the train step compiles once."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from conftest import REPO, cpu_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
 
 
 def test_tiny_ptv3_trains_through_main(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               JAX_LOG_COMPILES="1")
+    env = cpu_env(JAX_LOG_COMPILES="1")
     cmd = [sys.executable, "-m", "ppt_jax.main", "--config=configs/joint_ptv3.py:tiny",
            f"--workdir={tmp_path}", "--config.train.steps=3"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

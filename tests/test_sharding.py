@@ -1,12 +1,12 @@
 """The one-axis data mesh on 4 simulated CPU devices: rows split in order, the global batch sharded,
 uneven batches refused with the config field named."""
 
-import os
 import subprocess
 import sys
 import textwrap
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, cpu_env
+
 
 PROBE = textwrap.dedent("""
     import jax, numpy as np, pytest
@@ -29,7 +29,7 @@ PROBE = textwrap.dedent("""
 
 
 def test_data_mesh_splits_rows_in_device_order():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = cpu_env(4)
     res = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]

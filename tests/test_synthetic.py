@@ -1,15 +1,14 @@
 """Synthetic multi-domain data: determinism, real label spaces, measured domain gaps, shard round trip."""
 
 import json
-import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from data_prep import synthetic, synthetic_rooms, writer
 from ppt_jax import labels
 from ppt_jax.data import schema
+from conftest import read_split
 
 SC, S3, S3D = labels.SCANNET, labels.S3DIS, labels.STRUCTURED3D
 
@@ -180,23 +179,13 @@ def test_cli_rejects_bad_flags_by_name(tmp_path, capsys, flags, message):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def _read_split(split_dir):
-    manifest = schema.read_manifest(split_dir)
-    scenes = {}
-    for shard in manifest["shards"]:
-        for record in tf.data.TFRecordDataset(os.path.join(split_dir, shard["file"])):
-            scene = schema.decode_scene(record.numpy())
-            scenes[scene["scene"]] = scene
-    return manifest, scenes
-
-
 def test_cli_writes_readable_shards_that_round_trip(tmp_path):
     args = ["--out", str(tmp_path), "--scenes", "2,2,1", "--val_scenes", "1,1,1", "--density", "0.02",
             "--seed", "4"]
     assert synthetic.main(args) == 0
     for domain, n_train in zip(synthetic.ORDER, (2, 2, 1)):
         for split, count in (("train", n_train), ("val", 1)):
-            manifest, scenes = _read_split(tmp_path / domain / split)
+            manifest, scenes = read_split(tmp_path / domain / split)
             assert manifest["synthetic"] is True and manifest["dataset"] == domain
             assert manifest["label_names"] == list(labels.CLASS_NAMES[domain])
             assert sorted(scenes) == [f"{split}_{i:05d}" for i in range(count)]

@@ -9,10 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from ppt_jax import labels  # noqa: E402
 from ppt_jax.text import bpe  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BPE_GZ = os.path.join(REPO, "..", "shared", "clip", "bpe_simple_vocab_16e6.txt.gz")
-needs_bpe = pytest.mark.skipif(not os.path.isfile(BPE_GZ), reason=f"CLIP BPE vocabulary absent: {BPE_GZ}")
+from conftest import CLIP_BPE, needs_clip_bpe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +19,10 @@ def bpe_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_tokenizer(bpe_dir):
-    return bpe.clip_tokenizer_from_bpe(BPE_GZ, bpe_dir)
+    return bpe.clip_tokenizer_from_bpe(CLIP_BPE, bpe_dir)
 
 
-@needs_bpe
+@needs_clip_bpe
 def test_real_vocabulary_gives_clip_ids(clip_tokenizer):
     # The ids openai/CLIP's clip.tokenize gives (PROVENANCE.md); 49406/49407 = start/end of text.
     assert clip_tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -33,7 +30,7 @@ def test_real_vocabulary_gives_clip_ids(clip_tokenizer):
     assert len(clip_tokenizer) == 49408
 
 
-@needs_bpe
+@needs_clip_bpe
 def test_fast_and_slow_tokenizers_agree_on_union_names(clip_tokenizer, bpe_dir):
     # The slow tokenizer is transformers' pure-Python BPE, the fast one the Rust library.
     from transformers import CLIPTokenizer

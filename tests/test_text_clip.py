@@ -14,9 +14,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from ppt_jax import text  # noqa: E402
 from ppt_jax.text import bpe  # noqa: E402
 from ppt_jax.text.clip import random_params  # noqa: E402
+from conftest import CLIP_BPE, needs_clip_bpe  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BPE_GZ = os.path.join(REPO, "..", "shared", "clip", "bpe_simple_vocab_16e6.txt.gz")
 NAMES = ("chair", "table", "wall", "cat")
 MERGES = [("c", "h"), ("a", "i"), ("ch", "ai"), ("t", "a"), ("b", "l"), ("bl", "e</w>"), ("w", "a"), ("l", "l</w>")]
 
@@ -78,14 +77,14 @@ def test_text_features_of_a_full_clip_checkpoint(tiny_clip, tmp_path):
     np.testing.assert_allclose(emb, ref, atol=1e-5)
 
 
-@pytest.mark.skipif(not os.path.isfile(BPE_GZ), reason=f"CLIP BPE vocabulary absent: {BPE_GZ}")
+@needs_clip_bpe
 def test_weights_without_tokenizer_files_use_the_bpe_file(tmp_path):
-    merges = bpe.read_clip_merges(BPE_GZ)
+    merges = bpe.read_clip_merges(CLIP_BPE)
     model_dir = str(tmp_path / "clip_no_tokenizer")
     model, params = save_full_clip(model_dir, merges, with_tokenizer=False, legacy_ids=True)
     with pytest.raises(text.EncoderUnavailable, match=r"no CLIP tokenizer: looked for .*tokenizer\.json.*bpe_path"):
         text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=model_dir)
-    emb = text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=model_dir, bpe_path=BPE_GZ)
+    emb = text.class_embeddings("clip", NAMES, cache_dir=str(tmp_path), model_path=model_dir, bpe_path=CLIP_BPE)
     vocab_dir = str(tmp_path / "clip_bpe_tokenizer")
     np.testing.assert_allclose(emb, reference_features(model, params, vocab_dir, NAMES), atol=1e-5)
 

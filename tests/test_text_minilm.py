@@ -13,8 +13,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from ppt_jax import labels, text  # noqa: E402
 from ppt_jax.text import cache, minilm, table  # noqa: E402
+from conftest import REPO  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, "..", "shared", "clip", "minilm_l6_v2_ppt36_meanpool_l2.npy")
 
 try:

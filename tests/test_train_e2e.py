@@ -29,26 +29,19 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
+from configs import base
+from conftest import REPO, cpu_env, pointcept_random_state, pointcept_spunet_shapes
+
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("Structured3D", "ScanNet", "S3DIS")
-
-
-def _env(devices):
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=os.environ["PPT_TEST_COMPILATION_CACHE"],
-               TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return env
 
 
 def _main(devices, workdir, *flags, config="configs/tiny.py", mode="train", stderr=None):
     """stdout of one `python -m ppt_jax.main` run; its stderr (JAX's compile log) into `stderr`."""
     cmd = [sys.executable, "-m", "ppt_jax.main", f"--config={config}", f"--workdir={workdir}",
            f"--mode={mode}", *flags]
-    env = _env(devices)
+    env = cpu_env(devices)
     if stderr is not None:
         env["JAX_LOG_COMPILES"] = "1"      # JAX logs "Compiling jit(<fn>) ..." for every compile
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -129,7 +122,7 @@ def test_a_second_start_of_the_same_config_compiles_nothing(root):
 def test_the_readme_command_trains_the_steps_its_flags_say(root):
     """`--config=configs/joint.py --config.train.steps=7` on a checkout without shards: the synthetic
     variant (300 steps by default) trains 7 (fewer generated rooms, same model, to save time)."""
-    from configs import base, joint
+    from configs import joint
     config = ("configs/joint.py" if base.missing_shards(joint.get_config("reference"))
               else "configs/joint.py:synthetic")
     out = _main(1, root / "J", "--config.train.steps=7",
@@ -183,15 +176,14 @@ def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
     tiny config's, so the XLA programs are those of run B (compile cache hits)."""
     import glob
 
-    import test_pointcept_import as tpi
-    state = tpi.random_state(tpi.reference_shapes(**tpi.SMALL, context=8, text_dim=384))
+    state = pointcept_random_state(pointcept_spunet_shapes(**base.MODEL_SIZES["tiny"], text_dim=384))
     (table,) = glob.glob(str(root / "A" / "text" / "text_embeddings" / "*.npy"))
     state["module.class_embedding"] = np.load(table)
     np.savez(root / "pointcept.npz", **state)
     export = root / "I" / "export"
     cmd = [sys.executable, "-m", "ppt_jax.models.pointcept_import", "--checkpoint", str(root / "pointcept.npz"),
            "--out", str(export), "--config", "configs/tiny.py", "--s3dis_order", "intended"]
-    out = subprocess.run(cmd, cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=REPO, env=cpu_env(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(full model)" in out.stdout and "model.s3dis_order='intended' (NOT the reference's" in out.stdout
     out = _main(1, root / "I", *_data_flags(root), f"--config.init.export_dir={export}",
@@ -225,7 +217,7 @@ def _probe(root, code, name):
     args = [str(root / name), str(root / "A" / "text")]
     for dataset in DATASETS:
         args += [dataset, str(root / "A" / "synthetic" / dataset / "train")]
-    out = subprocess.run([sys.executable, "-c", TINY_ON_A + code, *args], cwd=REPO, env=_env(1),
+    out = subprocess.run([sys.executable, "-c", TINY_ON_A + code, *args], cwd=REPO, env=cpu_env(1),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stdout
@@ -329,7 +321,7 @@ def test_two_processes_train_what_one_process_trains(root):
     cmd = ["bash", "launch/local.sh", "-n", "2", "-l", None, "--", sys.executable, "-m", "ppt_jax.main",
            "--config=configs/tiny.py", f"--workdir={root / 'M'}"]
     logs = [root / "M-logs-1", root / "M-logs-2"]
-    env = _env(1)
+    env = cpu_env(1)
     cmd[5] = str(logs[0])
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -396,7 +388,7 @@ runpy.run_module("ppt_jax.main", run_name="__main__")
 def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(root):
     workdir, release = root / "K", root / "K.release"
     flags = ["--config=configs/tiny.py", f"--workdir={workdir}", *_data_flags(root)]
-    env = dict(_env(1), KILL_IN_SAVE_STEP="14", KILL_IN_SAVE_RELEASE=str(release))
+    env = cpu_env(1, KILL_IN_SAVE_STEP="14", KILL_IN_SAVE_RELEASE=str(release))
     first = subprocess.Popen([sys.executable, "-c", KILL_IN_SAVE, *flags], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -408,7 +400,7 @@ def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(ro
     # While the first run holds the directory, a second one fails at once naming it.
     t0 = time.time()
     second = subprocess.run([sys.executable, "-m", "ppt_jax.main", *flags], cwd=REPO,
-                            env=_env(1), capture_output=True, text=True,
+                            env=cpu_env(1), capture_output=True, text=True,
                             timeout=300)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert f"is in use by another training run: process {first.pid}" in second.stderr
