@@ -10,7 +10,7 @@ reference's SGD + OneCycle update, non-finite guard) on a 1-device mesh, with th
 (configs/base.py widths, adaptive decoupled PDNorm, language head). The crop is a synthetic ScanNet-like
 room surface (benchmarks/sparse_conv.room_surface); level capacities are the crop's exact sizes plus the
 margin `ppt_jax.sparse.sizing` adds for training. Forms: 'dense' = 27 taps everywhere, 'pairs' = the
-exact-pair form where `sizing.DEFAULT_PAIR_LEVELS` says. Times are medians of --runs calls after a warm-up,
+exact-pair form at every level (`sizing.spec_from_stats`). Times are medians of --runs calls after a warm-up,
 forms timed in turns; the load average is printed at start and end (a figure under load is noise).
 Product counts: 2 x (pairs + sites) x C_in x C_out per 3x3x3 conv, x3 for forward + backward.
 """

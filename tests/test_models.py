@@ -229,6 +229,38 @@ def test_language_loss_hand_computed():
     assert heads.segmentation_loss(jnp.zeros((1, 2, 3)), np.full((1, 2), -1)) == 0.0
 
 
+def test_language_head_matches_the_direct_formula():
+    """The head computes logits in the feature width (no (N, 512) projection): values against the direct
+    formula Dense -> L2 norm -> 100 x cosine in float64 numpy, gradients against autodiff of it."""
+    rng = np.random.default_rng(3)
+    feat = rng.normal(size=(2, 64, 16)).astype(np.float32)
+    cond = np.array([0, 2])
+    text = unit_rows(rng, 36, 40)
+    head = heads.LanguageHead(DATASETS, text)
+    v = head.init(jax.random.PRNGKey(1), feat, cond)
+    w, b = (np.asarray(v["params"]["proj_head"][k], np.float64) for k in ("kernel", "bias"))
+    rows = heads.union_rows(DATASETS)
+    for i, c in enumerate(cond):
+        z = feat[i].astype(np.float64) @ w + b
+        want = 100.0 * (z / np.linalg.norm(z, axis=1, keepdims=True)) @ text[rows[c]].astype(np.float64).T
+        got = np.asarray(head.apply(v, feat, cond))[i]
+        k = labels.num_classes(DATASETS[c])
+        np.testing.assert_allclose(got[:, :k], want[:, :k], rtol=1e-4, atol=1e-4)
+
+    def direct(params, x):
+        z = x @ params["proj_head"]["kernel"] + params["proj_head"]["bias"]
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        t = jnp.asarray(text)[jnp.asarray(rows)][cond]
+        return 100.0 * jnp.einsum("bnd,bkd->bnk", z, t)
+
+    probe = rng.normal(size=(2, 64, rows.shape[1])).astype(np.float32) * heads.class_mask(DATASETS)[cond][:, None]
+    loss = lambda fn: lambda p, x: jnp.sum(jnp.where(probe != 0, fn(p, x), 0) * probe)
+    mine = jax.grad(loss(lambda p, x: head.apply({"params": p}, x, cond)), argnums=(0, 1))(v["params"], feat)
+    ref = jax.grad(loss(direct), argnums=(0, 1))(v["params"], feat)
+    for a, r in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=2e-3, atol=2e-3 * float(np.abs(r).max()))
+
+
 # ---------------------------------------------------------------- the whole model
 
 def test_forward_backward_padded_mixed_batch(train_step):

@@ -102,8 +102,11 @@ def any_scene(request, scene, pair_scene):
     return scene if request.param == "dense" else pair_scene
 
 
+@pytest.mark.parametrize("rows", [sparse.conv.ROWS, 96])
 @pytest.mark.parametrize("k,c,d", [(3, 4, 5), (5, 3, 2), (1, 6, 7)])
-def test_subm_equals_dense_with_grads(any_scene, k, c, d):
+def test_subm_equals_dense_with_grads(any_scene, k, c, d, rows, monkeypatch):
+    """Also with the weight gradients' loop over sites cut into chunks and a ragged last one."""
+    monkeypatch.setattr(sparse.conv, "ROWS", rows)
     coords, mask, h = any_scene
     rng = np.random.default_rng(k)
     x = rng.normal(size=(400, c)).astype(np.float32)
@@ -121,8 +124,10 @@ def test_subm_equals_dense_with_grads(any_scene, k, c, d):
 @pytest.mark.parametrize("chunk", [sparse.conv.CHUNK, 96])
 def test_down_subm_up_chain_equals_dense(any_scene, chunk, monkeypatch):
     """Level 0 -> 1 -> 2 -> 1 -> 0 with submanifold convs between, values and all gradients; also with
-    the tap conv's scan cut into several chunks of sites and a ragged last one."""
+    the tap conv's scan and the weight gradients' loops cut into several chunks of sites and a ragged
+    last one."""
     monkeypatch.setattr(sparse.conv, "CHUNK", chunk)
+    monkeypatch.setattr(sparse.conv, "ROWS", min(chunk, sparse.conv.ROWS))
     coords, mask, h = any_scene
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 3)).astype(np.float32)

@@ -9,7 +9,8 @@ datasets with static shapes.
 - unionized: one Dense(F -> 36) over labels.UNION_NAMES (`union_head`); each sample sees only its
   own dataset's columns (labels.valid_index), so the loss is restricted to its classes;
 - language: Dense(F -> text dim) (`proj_head`), L2 normalisation (eps 1e-12), logits =
-  logit_scale * cosine against the fixed unit text rows of the dataset's classes (scale frozen: 100).
+  logit_scale * cosine against the fixed unit text rows of the dataset's classes (scale frozen: 100),
+  computed in the feature width (see LanguageHead).
 The S3DIS class -> union row order is `s3dis_order` ("intended" default, or "code_faithful").
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from jax import lax
 
 from ppt_jax import labels
 from ppt_jax.models import inits, lovasz
@@ -82,8 +84,24 @@ class UnionHead(nn.Module):
         return _mask_columns(logits + b[rows][:, None], self.conditions, condition)
 
 
+class _Projection(nn.Module):
+    """nn.Dense(features)'s parameters (same names, order and initialisation) for the caller to apply."""
+    features: int
+
+    @nn.compact
+    def __call__(self, fan_in):
+        init = inits.torch_linear(fan_in)
+        return (self.param("kernel", init, (fan_in, self.features), jnp.float32),
+                self.param("bias", init, (self.features,), jnp.float32))
+
+
 class LanguageHead(nn.Module):
-    """text_table: (36, D) unit rows for labels.UNION_NAMES, a fixed (non-trainable) constant."""
+    """text_table: (36, D) unit rows for labels.UNION_NAMES, a fixed (non-trainable) constant.
+
+    logits = scale * (z . t_k) / max(|z|, 1e-12) with z = feat W + b, computed without z: the numerator is
+    feat (W T^T) + b T^T and |z|^2 = feat (W W^T) feat^T + 2 feat (W b) + b . b, so every per-site product
+    has width F (96) or K, never the text dimension D (512). Equal to the direct formula in exact
+    arithmetic (tests/test_models.py checks it in float64); the per-site work of the head drops ~5x."""
     conditions: tuple
     text_table: Any
     s3dis_order: str = "intended"
@@ -95,12 +113,13 @@ class LanguageHead(nn.Module):
         if table.ndim != 2 or table.shape[0] != len(labels.UNION_NAMES):
             raise ValueError(f"model.text_table must be (len(labels.UNION_NAMES)={len(labels.UNION_NAMES)}"
                              f", dim); got shape {table.shape}")
-        f = feat.shape[-1]
-        z = nn.Dense(table.shape[1], kernel_init=inits.torch_linear(f),
-                     bias_init=inits.torch_linear(f), name="proj_head")(feat)
-        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-        text = jnp.asarray(table)[jnp.asarray(union_rows(self.conditions, self.s3dis_order))]
-        logits = self.logit_scale * jnp.einsum("bnd,bkd->bnk", z, text[condition])
+        w, b = _Projection(table.shape[1], name="proj_head")(feat.shape[-1])
+        text = jnp.asarray(table)[jnp.asarray(union_rows(self.conditions, self.s3dis_order))][condition]
+        numerator = jnp.einsum("bnf,bfk->bnk", feat, jnp.einsum("fd,bkd->bfk", w, text)) \
+            + jnp.einsum("d,bkd->bk", b, text)[:, None, :]
+        half = feat @ (w @ w.T) + 2.0 * (w @ b)
+        squared_norm = jnp.sum(half * feat, axis=-1, keepdims=True) + jnp.dot(b, b)
+        logits = self.logit_scale * numerator * lax.rsqrt(jnp.maximum(squared_norm, 1e-24))
         return _mask_columns(logits, self.conditions, condition)
 
 

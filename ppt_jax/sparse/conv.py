@@ -41,7 +41,36 @@ def _einsum(spec, a, b):
     return jnp.einsum(spec, *_operands(a, b), preferred_element_type=_F32)
 
 
-_pair_subm = P.make_pair_conv(_einsum)
+ROWS = 1024
+"""Sites per step of a weight gradient's loop. Summing x^T dy over 100k sites in one contraction makes
+XLA:CPU write a transposed copy of x first (as long as the product itself); chunk by chunk the transpose
+stays in cache (benchmarks/README.md)."""
+
+
+def _sum_row_chunks(n, fn, init):
+    """init + sum of fn(start, keep) over row chunks [start, start + ROWS) covering n rows, in order. The
+    last chunk is moved back to end at n; `keep` (ROWS,) masks the rows an earlier chunk already counted."""
+    def body(k, acc):
+        start = jnp.minimum(k * ROWS, n - ROWS)
+        return acc + fn(start, start + jnp.arange(ROWS) >= k * ROWS)
+
+    return lax.fori_loop(0, -(-n // ROWS), body, init)
+
+
+def _weight_grad(x, dy):
+    """(..., N, C), (..., N, D) -> (C, D) float32: x^T dy summed over the sites (and any leading axes)."""
+    n = x.shape[-2]
+    if n <= ROWS:
+        return _einsum("...sc,...sd->cd", x, dy)
+
+    def chunk(start, keep):
+        xs, ds = (lax.dynamic_slice_in_dim(a, start, ROWS, axis=a.ndim - 2) for a in (x, dy))
+        return _einsum("...sc,...sd->cd", xs, jnp.where(keep[:, None], ds, 0))
+
+    return _sum_row_chunks(n, chunk, jnp.zeros((x.shape[-1], dy.shape[-1]), _F32))
+
+
+_pair_subm = P.make_pair_conv(_einsum, _weight_grad)
 
 
 def _pad_zero_row(x):
@@ -98,8 +127,18 @@ def _slot_conv(x, slot, w):
 
 
 def _slot_weight_grad(x, children, dy):
-    """d(slot conv)/dw: (8, C, D) float32, dw[c] = x^T @ dy[children[:, c]]."""
-    return _einsum("qc,qkd->kcd", x, _pad_zero_row(dy)[children])
+    """d(slot conv)/dw: (8, C, D) float32, dw[c] = x^T @ dy[children[:, c]], chunk by chunk of coarse sites
+    (never the whole (N_{l+1}, 8, D) gathered block and its transpose)."""
+    n, dyp = x.shape[0], _pad_zero_row(dy)
+    if n <= ROWS:
+        return _einsum("qc,qkd->kcd", x, dyp[children])
+
+    def chunk(start, keep):
+        xs = lax.dynamic_slice_in_dim(x, start, ROWS)
+        rows = jnp.where(keep[:, None], lax.dynamic_slice_in_dim(children, start, ROWS), dy.shape[0])
+        return _einsum("qc,qkd->kcd", xs, dyp[rows])
+
+    return _sum_row_chunks(n, chunk, jnp.zeros((8, x.shape[1], dy.shape[1]), _F32))
 
 
 def _out_dtype(x, w):
@@ -108,6 +147,25 @@ def _out_dtype(x, w):
 
 def _swap(w):
     return jnp.swapaxes(w, 1, 2)
+
+
+@jax.custom_vjp
+def _pointwise(x, w, mask):
+    """k = 1 subm conv: a per-site matmul, 0 at padding rows; (N, C) or (B, N, C)."""
+    return jnp.where(mask[..., None], _dot(x, w[0]), 0).astype(_out_dtype(x, w))
+
+
+def _pointwise_fwd(x, w, mask):
+    return _pointwise(x, w, mask), (x, w, mask)
+
+
+def _pointwise_bwd(res, dy):
+    x, w, mask = res
+    dy = jnp.where(mask[..., None], dy, 0)
+    return _dot(dy, w[0].T).astype(x.dtype), _weight_grad(x, dy)[None].astype(w.dtype), None
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 @jax.custom_vjp
@@ -200,8 +258,7 @@ def subm_conv(x, h, level, w):
     taps = w.shape[0]
     mask = h.masks[level]
     if taps == 1:
-        y = _dot(x, w[0])
-        return jnp.where(mask[..., None], y, 0).astype(_out_dtype(x, w))
+        return _pointwise(x, w, mask)
     if taps == 27 and h.pairs[level] is not None:
         if x.ndim == 3:
             return _pair_subm(x, w, mask, h.pairs[level])

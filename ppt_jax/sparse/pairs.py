@@ -14,11 +14,10 @@ sites. The capacity P is static (`HierarchySpec.pair_capacities`); pairs beyond 
 `Hierarchy.dropped_pairs` and `check_hierarchy` raises, as for sites.
 
   forward   y = x W_13 + sum over chunks c: y[out_c] += x[inp_c] W_tap(c)
-  dx        the same conv of dy with mirrored, transposed weights (pairs of tap t, reversed, are the pairs of
-            tap 26 - t), so the backward pass reuses the forward loop
-  dw        dW_t = sum over chunks of tap t of x[inp_c]^T dy[out_c]; dW_13 = x^T dy
+  backward  one more pass over the same chunks: g = dy[out_c], x_c = x[inp_c] (two gathers), then
+            dx[inp_c] += g W_tap(c)^T and dW_tap(c) += x_c^T g; dx += dy W_13^T, dW_13 = x^T dy
 
-The loop is sequential and every chunk's outputs are distinct sites, so the accumulation order is fixed:
+The loop is sequential and every chunk's outputs (and inputs) are distinct sites, so the accumulation order is fixed:
 outputs and gradients are bitwise reproducible on every backend (no unordered scatter-add). Batches keep
 their leading axis (no vmap): all samples run the same chunk index at once, the loop runs
 max(num_chunks) times, and a sample with fewer chunks multiplies padding (zeros) in the tail.
@@ -74,9 +73,15 @@ def build_pairs(nbr, capacity, chunk):
                     num_chunks=num_chunks.astype(jnp.int32)), dropped
 
 
-def _gather(x, idx):
-    """x (B, N, C), idx (B, S) with N for 'no site' -> (B, S, C), zeros at N."""
-    return jax.vmap(lambda xb, ib: jnp.take(xb, ib, axis=0, mode="fill", fill_value=0))(x, idx)
+def _rows(x, idx):
+    """x (B, M, C), idx (B, S) -> (B, S, C). Indices >= M are clamped (a plain gather, no select): every
+    caller reads padding entries (index N) either from an appended zero row or into a product that is
+    dropped or multiplied by zero."""
+    return jax.vmap(lambda xb, ib: xb.at[ib].get(mode="clip"))(x, idx)
+
+
+def _with_zero_row(x):
+    return jnp.concatenate([x, jnp.zeros((x.shape[0], 1, x.shape[2]), x.dtype)], axis=1)
 
 
 def _loop_bound(pairs):
@@ -90,34 +95,46 @@ def _chunk(pairs, k):
 
 
 def _pair_conv(x, pairs, w, dot):
-    """(B, N, C), batched PairList, (27, C, D) -> (B, N, D) float32 (padding rows not masked here)."""
+    """(B, N, C), batched PairList, (27, C, D) -> (B, N, D) float32 (padding rows not masked here).
+
+    A padding entry gathers some row of x and its product is dropped by the scatter (out = N)."""
     rows = jnp.arange(x.shape[0])[:, None]
     y = dot("bnc,cd->bnd", x, w[CENTRE])
 
     def body(k, y):
         out, inp, tap = _chunk(pairs, k)
-        z = dot("bsc,bcd->bsd", _gather(x, inp), w[tap])
+        z = dot("bsc,bcd->bsd", _rows(x, inp), w[tap])
         return y.at[rows, out].add(z, mode="drop")
 
     return lax.fori_loop(0, _loop_bound(pairs), body, y)
 
 
-def _pair_weight_grad(x, pairs, dy, dot):
-    """(27, C, D) float32: dW_t = sum over tap t's chunks of x[inp]^T dy[out], per sample, then summed."""
+def _pair_conv_grads(x, dy, pairs, w, dot, weight_grad):
+    """dx (B, N, C) and dW (27, C, D) float32 in one pass over the chunks, for dy zero at padding rows.
+
+    Each chunk gathers dy[out] (from dy with a zero row appended, so padding entries give zero rows) and
+    x[inp] once, and uses both for dW_t += x[inp]^T dy[out] and dx[inp] += dy[out] W_t^T (a chunk's inp
+    are distinct sites; padding entries scatter to N and are dropped)."""
     b, c, d = x.shape[0], x.shape[2], dy.shape[2]
-    rows = jnp.arange(b)
+    rows, samples = jnp.arange(b)[:, None], jnp.arange(b)
+    dyz = _with_zero_row(dy)
+    dx = dot("bnd,cd->bnc", dy, w[CENTRE])
 
-    def body(k, acc):
+    def body(k, carry):
+        dx, dw = carry
         out, inp, tap = _chunk(pairs, k)
-        g = dot("bsc,bsd->bcd", _gather(x, inp), _gather(dy, out))
-        return acc.at[rows, tap].add(g)
+        g, xi = _rows(dyz, out), _rows(x, inp)
+        dw = dw.at[samples, tap].add(dot("bsc,bsd->bcd", xi, g))
+        dx = dx.at[rows, inp].add(dot("bsd,bcd->bsc", g, w[tap]), mode="drop")
+        return dx, dw
 
-    acc = lax.fori_loop(0, _loop_bound(pairs), body, jnp.zeros((b, 27, c, d), jnp.float32))
-    return acc.sum(0).at[CENTRE].add(dot("bnc,bnd->cd", x, dy))
+    dx, dw = lax.fori_loop(0, _loop_bound(pairs), body, (dx, jnp.zeros((b, 27, c, d), jnp.float32)))
+    return dx, dw.sum(0).at[CENTRE].add(weight_grad(x, dy))
 
 
-def make_pair_conv(dot):
-    """The custom-VJP conv for a given contraction `dot(spec, a, b)` (float32 accumulation)."""
+def make_pair_conv(dot, weight_grad):
+    """The custom-VJP conv for a given contraction `dot(spec, a, b)` (float32 accumulation) and
+    `weight_grad(x, dy)` = x^T dy summed over samples and sites (the centre tap's dW)."""
 
     @jax.custom_vjp
     def conv(x, w, mask, pairs):
@@ -129,11 +146,7 @@ def make_pair_conv(dot):
 
     def bwd(res, dy):
         x, w, mask, pairs = res
-        dy = jnp.where(mask[..., None], dy, 0)
-        xm = jnp.where(mask[..., None], x, 0)
-        dx = _pair_conv(dy, pairs, jnp.swapaxes(w[::-1], 1, 2), dot)
-        dx = jnp.where(mask[..., None], dx, 0)
-        dw = _pair_weight_grad(xm, pairs, dy, dot)
+        dx, dw = _pair_conv_grads(x, jnp.where(mask[..., None], dy, 0), pairs, w, dot, weight_grad)
         return dx.astype(x.dtype), dw.astype(w.dtype), None, None
 
     conv.defvjp(fwd, bwd)

@@ -21,9 +21,6 @@ from ppt_jax.sparse.hierarchy import HierarchySpec, default_pair_chunk
 
 LEVELS = 5
 FORMS = ("dense", "pairs")
-DEFAULT_PAIR_LEVELS = (0, 1, 2)
-"""Levels where the exact-pair form pays on CPU (benchmarks/README.md): the fine levels, where most of the
-step's products are and 12-13 of 27 taps are active; the coarse levels keep the dense 27-tap matmul."""
 MARGIN = 1.25
 """Capacity over the largest measured crop: augmentation (rotation, scaling, elastic distortion) and crop
 placement move a crop's coarse-level sizes by up to ~20 % on sparse synthetic rooms (measured on configs/tiny.py)."""
@@ -64,9 +61,13 @@ def measure(crops, levels=LEVELS):
     return {"sites": np.asarray(sites, np.int64), "pairs": np.asarray(pairs, np.int64)}
 
 
-def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=DEFAULT_PAIR_LEVELS,
+def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=None,
                     search_method="scan"):
-    """HierarchySpec for crops like the measured ones with a level-0 budget of `num_sites`."""
+    """HierarchySpec for crops like the measured ones with a level-0 budget of `num_sites`.
+
+    form "pairs" builds pair lists at `pair_levels` (default: every level). On CPU the exact-pair form pays
+    at every level of an indoor crop, also at the coarse ones where 15 of 27 taps are active
+    (benchmarks/README.md); "dense" keeps the 27-tap matmul everywhere."""
     if form not in FORMS:
         raise ValueError(f"config.sparse.conv_form must be one of {FORMS}, got {form!r}")
     sites = np.asarray(stats["sites"]).max(axis=0)
@@ -76,14 +77,15 @@ def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=D
     scale = num_sites / max(int(sites[0]), 1)
     caps = [int(num_sites)] + [min(_round_up(s * scale * margin, MULTIPLE), int(num_sites))
                                for s in sites[1:]]
+    chunks = [default_pair_chunk(c) for c in caps]
     pair_caps = []
     for level in range(levels):
-        if form != "pairs" or level not in pair_levels:
+        if form != "pairs" or (pair_levels is not None and level not in pair_levels):
             pair_caps.append(0)
             continue
-        chunk = default_pair_chunk(caps[level])
-        pair_caps.append(_round_up(pairs[level] * scale * margin + 26 * chunk, chunk))
-    return HierarchySpec(capacities=tuple(caps), pair_capacities=tuple(pair_caps), search_method=search_method)
+        pair_caps.append(_round_up(pairs[level] * scale * margin + 26 * chunks[level], chunks[level]))
+    return HierarchySpec(capacities=tuple(caps), pair_capacities=tuple(pair_caps), pair_chunks=tuple(chunks),
+                         search_method=search_method)
 
 
 def spec_for_batch(grid_coord, mask, form="pairs", margin=MARGIN):
