@@ -8,14 +8,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import base
 from ppt_jax import labels, models, sparse
 from ppt_jax.models import heads, norm, spunet
 from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
 from ppt_jax.models.norm import PDNorm
+from ppt_jax.train.step import build_hierarchies
 
 DATASETS = labels.DATASETS                       # ScanNet 20, S3DIS 13, Structured3D 25 classes
-SMALL = dict(channels=(8, 8, 8, 8, 8, 8, 8, 8), layers=(1, 1, 1, 1, 1, 1, 1, 1), base_channels=8,
-             context_channels=16)
+SMALL = dict(base.MODEL_SIZES["tiny"], context_channels=16)
 
 
 def unit_rows(rng, n, d):
@@ -39,8 +40,7 @@ def scenes(rng, sizes, capacity, box=7):
 
 @functools.partial(jax.jit, static_argnums=2)
 def build(coords, mask, capacity):
-    spec = sparse.HierarchySpec(capacities=(capacity,) * 5)
-    return jax.vmap(lambda c, m: sparse.build_hierarchy(c, m, spec))(coords, mask)
+    return build_hierarchies(coords, mask, sparse.HierarchySpec(capacities=(capacity,) * 5))
 
 
 def small_ppt(text_dim=16, **kw):

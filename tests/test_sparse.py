@@ -1,6 +1,5 @@
 """The sparse engine equals dense 3D convolutions (lax.conv_general_dilated on a dense grid) on random sites."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import pytest
 from jax import lax
 
 from ppt_jax import sparse
+from conftest import cpu_env
 
 G = 12  # side of the small dense test grids
 HI = lax.Precision.HIGHEST
@@ -369,7 +369,7 @@ def test_sharded_batch_matches_unsharded(pairs):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         print("OK")
     """).replace("PAIRS", pairs)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = cpu_env(2)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
 
