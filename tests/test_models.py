@@ -229,6 +229,16 @@ def test_language_loss_hand_computed():
     assert heads.segmentation_loss(jnp.zeros((1, 2, 3)), np.full((1, 2), -1)) == 0.0
 
 
+def test_relu_matches_jax_relu_with_gradients():
+    """spunet.relu keeps only its output for the backward pass; values and gradients equal jax.nn.relu's,
+    also at exactly 0."""
+    x = jnp.asarray(np.r_[np.random.default_rng(0).normal(size=61), 0.0, -0.0, 0.0].astype(np.float32))
+    g = jnp.asarray(np.random.default_rng(1).normal(size=64).astype(np.float32))
+    np.testing.assert_array_equal(spunet.relu(x), jax.nn.relu(x))
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(spunet.relu(v) * g))(x),
+                                  jax.grad(lambda v: jnp.sum(jax.nn.relu(v) * g))(x))
+
+
 def test_language_head_matches_the_direct_formula():
     """The head computes logits in the feature width (no (N, 512) projection): values against the direct
     formula Dense -> L2 norm -> 100 x cosine in float64 numpy, gradients against autodiff of it."""

@@ -24,6 +24,26 @@ from ppt_jax.models.norm import PDNorm
 ADAPTERS = ("pdnorm", "add", "cross_attention", "none")
 
 
+@jax.custom_vjp
+def relu(x):
+    """max(x, 0) whose backward pass keeps only the output (y > 0 <=> x > 0; gradient 0 at 0, as
+    jax.nn.relu). The output is saved anyway, as the next conv's input; jax.nn.relu's rule keeps a
+    full-size float mask besides, ~37 MB per 96-channel, 100k-site activation."""
+    return jnp.maximum(x, 0)
+
+
+def _relu_fwd(x):
+    y = jnp.maximum(x, 0)
+    return y, y
+
+
+def _relu_bwd(y, g):
+    return (jnp.where(y > 0, g, 0),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
+
+
 def conv(features, kind, level, kernel_size, dtype, name):
     """The reference's init_weights: trunc_normal(0.02) on the SubMConv3d layers, spconv's default on
     the strided and inverse convs."""
@@ -45,7 +65,7 @@ class Unit(nn.Module):
         x = conv(self.features, self.kind, self.level, self.kernel_size, self.dtype, "conv")(x, hierarchy)
         out_level = self.level + 1 if self.kind == "down" else self.level
         x = self.norm(name="bn")(x, hierarchy.masks[out_level], condition, context, train)
-        return nn.relu(x)
+        return relu(x)
 
 
 class BasicBlock(nn.Module):
@@ -60,13 +80,13 @@ class BasicBlock(nn.Module):
         mask = hierarchy.masks[self.level]
         subm = lambda k, name: conv(self.features, "subm", self.level, k, self.dtype, name)
         h = subm(3, "conv1")(x, hierarchy)
-        h = nn.relu(self.norm(name="bn1")(h, mask, condition, context, train))
+        h = relu(self.norm(name="bn1")(h, mask, condition, context, train))
         h = subm(3, "conv2")(h, hierarchy)
         h = self.norm(name="bn2")(h, mask, condition, context, train)
         if x.shape[-1] != self.features:
             x = subm(1, "proj_conv")(x, hierarchy)
             x = self.norm(name="proj_norm")(x, mask, condition, context, train)
-        return nn.relu(h + x.astype(h.dtype))
+        return relu(h + x.astype(h.dtype))
 
 
 class Stage(nn.Module):
