@@ -118,7 +118,8 @@ class LanguageHead(nn.Module):
         numerator = jnp.einsum("bnf,bfk->bnk", feat, jnp.einsum("fd,bkd->bfk", w, text)) \
             + jnp.einsum("d,bkd->bk", b, text)[:, None, :]
         half = feat @ (w @ w.T) + 2.0 * (w @ b)
-        squared_norm = jnp.sum(half * feat, axis=-1, keepdims=True) + jnp.dot(b, b)
+        # A batched contraction, not sum(half * feat, -1): XLA:CPU runs that multiply-reduce ~10x slower.
+        squared_norm = jnp.einsum("bnf,bnf->bn", half, feat)[..., None] + jnp.dot(b, b)
         logits = self.logit_scale * numerator * lax.rsqrt(jnp.maximum(squared_norm, 1e-24))
         return _mask_columns(logits, self.conditions, condition)
 
