@@ -16,6 +16,7 @@ Product counts: 2 x (pairs + sites) x C_in x C_out per 3x3x3 conv, x3 for forwar
 """
 
 import argparse
+import ctypes
 import os
 import time
 
@@ -48,7 +49,9 @@ def load():
 
 def step_peak_rss_gib(fn):
     """Peak resident memory (GiB) of this process while `fn` runs: Linux's VmHWM, reset first through
-    /proc/self/clear_refs (so compilation peaks before it do not count)."""
+    /proc/self/clear_refs (so compilation peaks before it do not count). The heap memory that compilation
+    freed is handed back first (glibc's malloc_trim): otherwise the process keeps ~2.8 GiB of it."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     fn()
@@ -150,8 +153,9 @@ def main():
     for i, form in enumerate(forms):
         step_s, build_s = times[i], times[len(forms) + i]
         rss = step_peak_rss_gib(runs[form][0])
+        temp = runs[form][2].memory_analysis().temp_size_in_bytes / 2**30
         print(f"{form}: train step {step_s:.2f} s; kernel maps {build_s:.3f} s = {build_s / step_s:.1%} of the "
-              f"step; peak RSS during a step {rss:.2f} GiB (the whole process)")
+              f"step; peak RSS during a step {rss:.2f} GiB (the whole process); XLA temp buffer {temp:.2f} GiB")
     if len(forms) == 2:
         print(f"ratio {forms[1]} / {forms[0]}: {times[1] / times[0]:.2f}")
     if args.peer:
@@ -178,6 +182,18 @@ def main():
             t_eval = interleaved(evals, args.runs)
             print(f"{form}: eval forward (hierarchy included) {t_eval[0]:.2f} s = {args.sites / t_eval[0]:,.0f} "
                   f"sites/s" + (f"; spconv {t_eval[1]:.2f} s, ratio {t_eval[0] / t_eval[1]:.2f}" if args.peer else ""))
+            vote = step_lib.make_vote_step(model, spec, sharding.make_mesh(jax.devices()[:1]))
+            vbatch = dict(batch, index=np.arange(args.sites, dtype=np.int32)[None])
+
+            def thirteen_views():
+                votes = jnp.zeros((args.sites, max(labels.num_classes(d) for d in labels.DATASETS)), jnp.float32)
+                for _ in range(13):
+                    votes = vote(variables, votes, vbatch)
+                jax.block_until_ready(votes)
+
+            t_vote = interleaved([thirteen_views], max(args.runs // 2, 1))[0]
+            print(f"{form}: 13-view voting (the trainer's vote step, 13 passes of the crop) {t_vote:.2f} s = "
+                  f"{args.sites / t_vote:,.0f} sites/s, {t_vote / 13 / t_eval[0]:.2f}x one eval forward per view")
     print(f"end: {load()}; peak RSS {peak_rss_gb():.2f} GiB")
 
 
