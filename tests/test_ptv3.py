@@ -1,6 +1,8 @@
 """PTv3 pieces: patch padding/unpadding, attention masking, pooling/unpooling against the hierarchy,
 one compile and determinism of a train-mode forward."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,12 +47,12 @@ def test_patch_layout_round_trip(n):
         assert np.all(index[j, kv_len[j]:] == num)
 
 
-def _attention(x, n_heads, k, mask):
+def _attention(x, n_heads, k, mask, attention="auto"):
     """SerializedAttention on one batch row of sites in index order (the z order of a line)."""
     n = int(mask.sum())
     perm = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)]).astype(np.int32)
     layout = tuple(a[None] for a in layout_of(jnp.asarray(perm), n, k))
-    module = ptv3.SerializedAttention(x.shape[-1], n_heads, "xla", jnp.float32)
+    module = ptv3.SerializedAttention(x.shape[-1], n_heads, attention, jnp.float32)
     variables = jax.jit(module.init)(jax.random.key(0), x[None], layout)
     return jax.jit(module.apply)(variables, x[None], layout)[0], variables["params"]
 
@@ -77,6 +79,47 @@ def test_attention_ignores_padding_and_is_dense_attention_within_one_patch():
     o = np.einsum("hts,shd->thd", att, v).reshape(-1, c)
     expected = o @ f64(params["proj"]["kernel"]) + f64(params["proj"]["bias"])
     np.testing.assert_allclose(np.asarray(out)[mask], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_implementation_per_platform():
+    """model.ptv3.attention="auto" takes cuDNN's flash attention only where it runs (an NVIDIA GPU of
+    compute capability >= 8, half precision, head width a multiple of 8 up to 128), XLA elsewhere;
+    an explicit "cudnn" that cannot run is refused with the reason. The GPU/TPU devices are stand-ins:
+    no accelerator runs these tests."""
+    choose = ptv3.attention_implementation
+    bf16, f16, f32 = jnp.bfloat16, jnp.float16, jnp.float32
+    assert choose("auto", bf16, 16, "cuda") == choose("auto", f16, 128, "cuda") == "cudnn"
+    for args in [(f32, 16, "cuda"), (bf16, 12, "cuda"), (bf16, 256, "cuda"), (bf16, 16, "gpu"),
+                 (bf16, 16, "tpu"), (bf16, 16, "cpu"), (f32, 16, "cpu")]:
+        assert choose("auto", *args) == "xla", args
+        assert choose("xla", *args) == "xla"
+        with pytest.raises(ValueError, match="model.ptv3.attention='cudnn' needs an NVIDIA GPU"):
+            choose("cudnn", *args)
+    assert choose("cudnn", bf16, 16, "cuda") == "cudnn"
+
+    device = lambda kind, version, capability: types.SimpleNamespace(
+        platform="gpu", device_kind=kind, client=types.SimpleNamespace(platform_version=version),
+        compute_capability=capability)
+    assert ptv3.attention_platform(device("NVIDIA H200", "PJRT C API\ncuda 12080", "9.0")) == "cuda"
+    assert ptv3.attention_platform(device("NVIDIA A100-SXM4-40GB", "cuda 12080", "8.0")) == "cuda"
+    assert ptv3.attention_platform(device("Tesla V100-SXM2-16GB", "cuda 12080", "7.0")) == "gpu"
+    assert ptv3.attention_platform(device("AMD Instinct MI300X", "rocm 60300", "9.4")) == "gpu"
+    assert ptv3.attention_platform(types.SimpleNamespace(platform="tpu")) == "tpu"
+    assert ptv3.attention_platform() == jax.devices()[0].platform == "cpu"
+    with pytest.raises(ValueError, match="model.ptv3.attention must be one of"):
+        ptv3.PTv3(2, decouple=True, bn_momentum=0.99, bn_epsilon=1e-3, bn_group_size=0, dtype=jnp.float32,
+                  enc_depths=(1,), enc_channels=(8,), enc_heads=(2,), enc_patch_size=(4,), dec_depths=(),
+                  dec_channels=(), dec_heads=(), dec_patch_size=(), attention="flash")._check(
+                      types.SimpleNamespace(masks=(0,)))
+
+
+def test_attention_auto_on_cpu_is_the_xla_path():
+    rng = np.random.default_rng(1)
+    mask = rng.random(12) < 0.7
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_attention(x, 2, 4, mask)[0], _attention(x, 2, 4, mask, "xla")[0])
+    with pytest.raises(ValueError, match="platform 'cpu', dtype float32, head width 4"):
+        _attention(x, 2, 4, mask, "cudnn")
 
 
 def _hierarchy(seed=0, n=120, cap=128):

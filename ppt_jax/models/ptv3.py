@@ -37,7 +37,7 @@ from ppt_jax.models.conv import SparseConv
 from ppt_jax.models.norm import PDNorm
 from ppt_jax.sparse import serialization
 
-ATTENTION = ("xla", "cudnn")
+ATTENTION = ("auto", "xla", "cudnn")
 CPE_AFTER_UNPOOL = ("skip", "sum")
 
 
@@ -68,6 +68,35 @@ class ConditionLayerNorm(nn.Module):
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         return (y * scale[cond][:, None] + bias[cond][:, None]).astype(x.dtype)
+
+
+def attention_platform(device=None):
+    """"cuda" for an NVIDIA GPU that runs cuDNN's flash attention (compute capability >= 8.0), else the
+    device's platform ("cpu", "tpu", "gpu" for other GPUs)."""
+    device = device or jax.devices()[0]
+    if device.platform != "gpu":
+        return device.platform
+    nvidia = "cuda" in getattr(device.client, "platform_version", "").lower() or \
+        device.device_kind.lower().startswith("nvidia")
+    capability = getattr(device, "compute_capability", "0")
+    return "cuda" if nvidia and float(capability) >= 8.0 else "gpu"
+
+
+def attention_implementation(choice, dtype, head_dim, platform):
+    """`implementation` of `jax.nn.dot_product_attention` for `model.ptv3.attention` (docs/ptv3.md).
+
+    "auto": cuDNN's flash attention where it runs (platform "cuda", bfloat16/float16, head width a
+    multiple of 8 up to 128), else XLA's (CPU, TPU, float32, other GPUs); "xla"/"cudnn" as asked,
+    "cudnn" refused with the reason where it cannot run."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    cudnn = platform == "cuda" and half and head_dim % 8 == 0 and head_dim <= 128
+    if choice == "auto":
+        return "cudnn" if cudnn else "xla"
+    if choice == "cudnn" and not cudnn:
+        raise ValueError(f"model.ptv3.attention='cudnn' needs an NVIDIA GPU of compute capability >= 8.0, "
+                         f"model.dtype bfloat16 or float16 and heads of a multiple of 8 up to 128 channels; "
+                         f"here: platform {platform!r}, dtype {jnp.dtype(dtype).name}, head width {head_dim}")
+    return choice
 
 
 def patch_layout(perm, n, k):
@@ -117,8 +146,9 @@ class SerializedAttention(nn.Module):
         qkv = jnp.concatenate([qkv, jnp.zeros((b, 1, 3 * c), qkv.dtype)], axis=1)
         tokens = jnp.take_along_axis(qkv, index.reshape(b, p * k, 1), axis=1)
         q, key, v = jnp.moveaxis(tokens.reshape(b * p, k, 3, h, c // h), 2, 0)
+        implementation = attention_implementation(self.attention, q.dtype, c // h, attention_platform())
         out = jax.nn.dot_product_attention(q, key, v, key_value_seq_lengths=kv_len.reshape(-1),
-                                           implementation=self.attention)
+                                           implementation=implementation)
         out = jnp.take_along_axis(out.reshape(b, p * k, c), position[..., None], axis=1)
         return _dense(c, c, "proj", self.dtype)(out)
 
@@ -223,8 +253,8 @@ class PTv3(nn.Module):
 
     Field defaults are the reference's PTv3 + PPT recipe (Pointcept `semseg-pt-v3m1-1-ppt-extreme`);
     stage s of the encoder runs at hierarchy level s, so the hierarchy needs len(enc_depths) levels.
-    attention: `jax.nn.dot_product_attention` implementation, "xla" (any backend) or "cudnn" (NVIDIA
-    GPUs, bfloat16/float16 only).
+    attention: `jax.nn.dot_product_attention` implementation: "auto" (cuDNN flash attention on NVIDIA
+    GPUs in bfloat16/float16, else XLA: `attention_implementation`), "xla" or "cudnn".
     remat_attention: recompute each block's attention in the backward pass instead of keeping its
     (patches, heads, k, k) probabilities (the XLA path's memory; same numbers).
     cpe_after_unpool: what the xCPE conv of a decoder stage's first block reads. "skip" (the reference,
@@ -251,7 +281,7 @@ class PTv3(nn.Module):
     shuffle_orders: bool = True
     ln_epsilon: float = 1e-5
     cpe_after_unpool: str = "skip"
-    attention: str = "xla"
+    attention: str = "auto"
     remat_attention: bool = False
 
     def _check(self, hierarchy):
