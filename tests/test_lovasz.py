@@ -64,9 +64,14 @@ def test_criteria_sum_and_errors():
     logits = jnp.asarray(rng.normal(size=(1, 16, 3)).astype(np.float32))
     segment = jnp.asarray(rng.integers(0, 3, (1, 16)).astype(np.int32))
     cond = jnp.array([0])
-    both = models.segmentation_loss(logits, segment, cond, ("cross_entropy", "lovasz"), 1)
-    np.testing.assert_allclose(both, heads.cross_entropy(logits, segment)
-                               + lovasz.lovasz_softmax(logits, segment, cond, 1), rtol=1e-6)
+
+    @jax.jit
+    def both_ways(logits, segment, cond):          # one program (eager ops compile one by one)
+        return (models.segmentation_loss(logits, segment, cond, ("cross_entropy", "lovasz"), 1),
+                heads.cross_entropy(logits, segment) + lovasz.lovasz_softmax(logits, segment, cond, 1))
+
+    both, summed = both_ways(logits, segment, cond)
+    np.testing.assert_allclose(both, summed, rtol=1e-6)
     with pytest.raises(ValueError, match="model.criteria"):
         models.segmentation_loss(logits, segment, cond, ("focal",))
     assert float(loss_fn(logits, jnp.full((1, 16), -1), cond, 1)) == 0.0

@@ -49,30 +49,45 @@ def test_sort_puts_padding_last_and_inverse_inverts(ref):
     coords = ref["random_d11_coords"][:50]
     mask = np.ones(50, bool)
     mask[[3, 17, 40]] = False
-    words = S.encode(coords, 11, "hilbert")
-    perm = np.asarray(S.sort(words, mask))
+
+    @jax.jit
+    def sort_and_invert(coords, mask):
+        perm = S.sort(S.encode(coords, 11, "hilbert"), mask)
+        return perm, S.inverse(perm)
+
+    perm, inv = map(np.asarray, sort_and_invert(coords, mask))
     codes = ref["random_d11_hilbert"][:50]
     real = np.flatnonzero(mask)
     np.testing.assert_array_equal(perm[:47], real[np.argsort(codes[real], kind="stable")])
     np.testing.assert_array_equal(perm[47:], [3, 17, 40])
-    inv = np.asarray(S.inverse(jnp.asarray(perm)))
     np.testing.assert_array_equal(perm[inv], np.arange(50))
 
 
-@pytest.mark.parametrize("order", S.ORDERS)
-def test_coarse_codes_are_children_codes_shifted(order):
-    """The reference pools by code >> 3 at depth d - 1: the engine's parents floor(p / 2) give the
-    same codes at depth d - 1, so each level of a hierarchy is serialized from its own coordinates."""
+@pytest.fixture(scope="module")
+def two_levels():
+    """Codes of every order at levels 0 (depth d) and 1 (depth d - 1) of a hierarchy, one program."""
     rng = np.random.default_rng(1)
-    coords = rng.integers(0, 200, (300, 3)).astype(np.int32)
-    coords = np.unique(coords, axis=0)
+    coords = np.unique(rng.integers(0, 200, (300, 3)).astype(np.int32), axis=0)
     n = coords.shape[0]
     spec = sparse.HierarchySpec(capacities=(n, n, n))
-    h = sparse.build_hierarchy(jnp.asarray(coords), jnp.ones(n, bool), spec)
-    d = int(S.depth(coords, np.ones(n, bool)))
-    fine = code_value(S.encode(h.coords[0], d, order))
-    coarse = code_value(S.encode(h.coords[1], d - 1, order))
-    parent = np.asarray(h.parent_slot[0]) // 8
+
+    @jax.jit
+    def codes(coords):
+        mask = jnp.ones(n, bool)
+        h = sparse.build_hierarchy(coords, mask, spec)
+        d = S.depth(coords, mask)
+        return S.encode_orders(h.coords[0], d), S.encode_orders(h.coords[1], d - 1), h.parent_slot[0] // 8
+
+    fine, coarse, parent = codes(jnp.asarray(coords))
+    return {o: (code_value(f), code_value(c)) for o, f, c in zip(S.ORDERS, fine, coarse)}, np.asarray(parent)
+
+
+@pytest.mark.parametrize("order", S.ORDERS)
+def test_coarse_codes_are_children_codes_shifted(two_levels, order):
+    """The reference pools by code >> 3 at depth d - 1: the engine's parents floor(p / 2) give the
+    same codes at depth d - 1, so each level of a hierarchy is serialized from its own coordinates."""
+    codes, parent = two_levels
+    fine, coarse = codes[order]
     np.testing.assert_array_equal(fine >> 3, coarse[parent])
 
 
