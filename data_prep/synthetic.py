@@ -1,7 +1,7 @@
 """Synthetic multi-domain indoor data with no download: rooms rendered as ScanNet, S3DIS and Structured3D.
 
     python -m data_prep.synthetic --out DIR [--scenes 160,80,40] [--val_scenes 20,10,5] [--seed 0]
-                                  [--workers N] [--density 0.05]
+                                  [--workers N] [--density 0.05] [--gap 1.0]
 
 writes `DIR/<Dataset>/{train,val}/` shards + manifest (`"synthetic": true`) for Dataset in
 (Structured3D, ScanNet, S3DIS); counts are given in that order. `generate()` does the same from Python.
@@ -51,6 +51,15 @@ real raw density, and small densities keep the real ratios of 2 cm sites between
 1.0 : 0.96 for ScanNet : S3DIS : Structured3D) instead of exaggerating S3DIS's raw-point surplus,
 which grid sampling removes anyway. The default 0.05 gives rooms of ~2-23 k points (means: Structured3D
 14 k, ScanNet 5 k, S3DIS 15 k); density 1 gives ~0.2 M (ScanNet), ~0.8 M, ~2 M (S3DIS) points.
+
+`gap` >= 0 scales every difference between the domains except their label spaces (`domain_spec`): each
+field of `Domain` is moved away from the three domains' centre (their mean; the geometric mean for the
+raw density) by `gap` times its own distance to it, then clipped to its valid range. gap 1 is the
+domains above, unchanged; gap 0 renders every domain with one sensor and one room distribution (the
+centre: same density, noise, holes, colour pipeline, room mix), so that only the label spaces differ;
+gap 2 doubles every difference (e.g. ScanNet's red/blue gains 1.21/0.65, its raw density 446 points/m^2
+against S3DIS's 62 k, hole fractions 9.3 % and 1.3 %). Ranges (exposure, ceiling height) are scaled as
+their midpoint and their width.
 """
 
 import argparse
@@ -74,6 +83,7 @@ DEFAULT_DENSITY = 0.05
 DEFAULT_SCENES = (160, 80, 40)          # Structured3D, ScanNet, S3DIS (the reference's 4:2:1)
 ORDER = (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
 GENERATOR_VERSION = 1
+DEFAULT_GAP = 1.0
 _SETTINGS_NAME = "synthetic_settings.json"
 _PARENT = "^"   # label of the object this one belongs to
 
@@ -173,13 +183,56 @@ DOMAINS = {
                     "office": 0.1}),
 }
 _LIGHT = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
+# Domain fields that are fractions or probabilities (clipped to [0, 1] when the gap is scaled); every
+# other numeric field is clipped at 0. `random_yaw` is scaled as 0/1 and thresholded at 1/2.
+_UNIT_FIELDS = ("hole_fraction", "glass_keep", "ceiling_keep", "underside_keep", "top_keep", "desaturate",
+                "unannotated", "beams", "columns")
+_RANGE_FIELDS = ("exposure", "height")   # (low, high): scaled as midpoint and width
 
 
-def sampling_density(domain, density):
+def _scaled(own, centre, gap, lo=0.0, hi=np.inf):
+    return float(np.clip(centre + gap * (own - centre), lo, hi))
+
+
+def domain_spec(domain, gap=DEFAULT_GAP):
+    """`domain`'s Domain with every difference to the other domains scaled by `gap` (module docstring)."""
+    spec = _check_domain(domain)
+    if not (np.isfinite(gap) and gap >= 0):
+        raise ValueError(f"gap must be a finite number >= 0 (1 = the domains as documented), got {gap}")
+    if gap == 1.0:
+        return spec
+    specs = list(DOMAINS.values())
+    fields = {}
+    for f in dataclasses.fields(Domain):
+        own, values = getattr(spec, f.name), [getattr(d, f.name) for d in specs]
+        if f.name == "raw_density":   # multiplicative: scaled around the geometric mean
+            centre = float(np.exp(np.mean(np.log(values))))
+            fields[f.name] = centre * (own / centre) ** gap
+        elif f.name == "room_types":
+            types = sorted({t for d in values for t in d})
+            weights = {t: _scaled(own.get(t, 0.0), np.mean([d.get(t, 0.0) for d in values]), gap)
+                       for t in types}
+            fields[f.name] = {t: w for t, w in weights.items() if w > 0}
+        elif f.name == "random_yaw":
+            fields[f.name] = _scaled(float(own), np.mean(values), gap, hi=1.0) >= 0.5
+        elif f.name == "stations":
+            fields[f.name] = int(round(_scaled(own, np.mean(values), gap)))
+        elif f.name in _RANGE_FIELDS:
+            mid = _scaled(np.mean(own), np.mean(values), gap)
+            width = _scaled(np.ptp(own), np.mean(np.ptp(values, axis=1)), gap)
+            fields[f.name] = (max(mid - width / 2, 0.0), mid + width / 2)
+        elif isinstance(own, tuple):   # RGB gains: per channel
+            fields[f.name] = tuple(_scaled(o, np.mean(c), gap) for o, c in zip(own, zip(*values)))
+        else:
+            fields[f.name] = _scaled(own, np.mean(values), gap, hi=1.0 if f.name in _UNIT_FIELDS else np.inf)
+    return Domain(**fields)
+
+
+def sampling_density(domain, density, gap=DEFAULT_GAP):
     """Points per m^2 that give `density` x the real fraction of occupied 2 cm cells."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1] (fraction of the real 2 cm sites), got {density}")
-    occupied = 1.0 - np.exp(-DOMAINS[domain].raw_density * CELL_AREA)
+    occupied = 1.0 - np.exp(-domain_spec(domain, gap).raw_density * CELL_AREA)
     return float(-np.log1p(-density * occupied) / CELL_AREA)
 
 
@@ -196,9 +249,9 @@ def _check_domain(domain):
     return DOMAINS[domain]
 
 
-def layout(domain, rng):
+def layout(domain, rng, gap=DEFAULT_GAP):
     """Draw one room of the domain's room-type mix (geometry and semantics only)."""
-    spec = _check_domain(domain)
+    spec = domain_spec(domain, gap)
     types = sorted(spec.room_types)
     weights = np.array([spec.room_types[t] for t in types])
     room_type = types[rng.choice(len(types), p=weights / weights.sum())]
@@ -289,10 +342,10 @@ def _labels(domain, owner, room, spec, rng):
     return obj_label[owner].astype(np.int32), obj_instance[owner].astype(np.int32)
 
 
-def render(room, domain, rng, density=DEFAULT_DENSITY):
+def render(room, domain, rng, density=DEFAULT_DENSITY, gap=DEFAULT_GAP):
     """Scan `room` with `domain`'s sensor -> raw point dict (writer.RAW_FIELDS)."""
-    spec = _check_domain(domain)
-    rho = sampling_density(domain, density)
+    spec = domain_spec(domain, gap)
+    rho = sampling_density(domain, density, gap)
     coord, normal, owner = geo.sample(room.prims, rho, rng)
     keep = ~_occluded(coord, owner, room) & _visible(coord, normal, owner, room, spec, rng)
     coord, normal, owner = coord[keep], normal[keep], owner[keep]
@@ -315,10 +368,10 @@ def render(room, domain, rng, density=DEFAULT_DENSITY):
             "normal": (normal @ rot.T).astype(np.float32), "segment": segment, "instance": instance}
 
 
-def make_scene(domain, scene_id, seed=0, density=DEFAULT_DENSITY):
+def make_scene(domain, scene_id, seed=0, density=DEFAULT_DENSITY, gap=DEFAULT_GAP):
     """The raw point dict of synthetic scene `scene_id` of `domain`: a pure function of its inputs."""
     rng = scene_rng(domain, scene_id, seed)
-    return render(layout(domain, rng), domain, rng, density)
+    return render(layout(domain, rng, gap), domain, rng, density, gap)
 
 
 def _scene_ids(split, count):
@@ -345,27 +398,29 @@ def _must_overwrite(split_dir, settings):
     return not same
 
 
-def split_jobs(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DEFAULT_DENSITY):
+def split_jobs(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DEFAULT_DENSITY,
+               gap=DEFAULT_GAP):
     """The `writer.write_split` arguments of every synthetic split (all checked first); see `generate`."""
     scenes = _check_counts("scenes", scenes)
     val_scenes = _check_counts("val_scenes", val_scenes if val_scenes is not None
                                else [max(2, n // 8) for n in scenes])
-    sampling_density(ORDER[0], density)  # validates density before any work
+    sampling_density(ORDER[0], density, gap)  # validates density and gap before any work
     jobs = []
     for domain, n_train, n_val in zip(ORDER, scenes, val_scenes):
         settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed),
-                    "density": float(density), "domain": domain}
+                    "density": float(density), "gap": float(gap), "domain": domain}
         for split, count in (("train", n_train), ("val", n_val)):
             jobs.append({"out_dir": os.path.join(out_dir, domain), "dataset": domain, "split": split,
                          "scene_ids": _scene_ids(split, count),
-                         "load_fn": functools.partial(make_scene, domain, seed=int(seed), density=float(density)),
+                         "load_fn": functools.partial(make_scene, domain, seed=int(seed), density=float(density),
+                                                      gap=float(gap)),
                          "keep_full_res": split != "train",
                          "manifest_extra": {"synthetic": True, "generator": settings}})
     return jobs
 
 
 def generate(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DEFAULT_DENSITY,
-             workers=1, scenes_per_shard=16, progress=True):
+             workers=1, scenes_per_shard=16, progress=True, gap=DEFAULT_GAP):
     """Write synthetic train/val shards for Structured3D, ScanNet, S3DIS under `out_dir/<Dataset>/`.
 
     `scenes` / `val_scenes` are counts in that order (val default: max(2, train // 8)). Returns
@@ -374,7 +429,7 @@ def generate(out_dir, scenes=DEFAULT_SCENES, val_scenes=None, seed=0, density=DE
     TensorFlow) for every split, which costs more than the scenes themselves.
     """
     out = {}
-    for job in split_jobs(out_dir, scenes, val_scenes, seed, density):
+    for job in split_jobs(out_dir, scenes, val_scenes, seed, density, gap):
         split_dir = os.path.join(job["out_dir"], job["split"])
         overwrite = _must_overwrite(split_dir, job["manifest_extra"]["generator"])
         out.setdefault(job["dataset"], {})[job["split"]] = writer.write_split(
@@ -397,11 +452,13 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--density", type=float, default=DEFAULT_DENSITY,
                    help="fraction (0, 1] of the real datasets' 2 cm sites (1 = real density)")
+    p.add_argument("--gap", type=float, default=DEFAULT_GAP,
+                   help="scale of the domains' differences other than labels (0 = one sensor, 1 = real)")
 
 
 def splits(args):
     """`split_jobs` from the flags of `add_arguments` and --out (the interface of data_prep.beam)."""
-    return split_jobs(args.out, args.scenes, args.val_scenes, args.seed, args.density)
+    return split_jobs(args.out, args.scenes, args.val_scenes, args.seed, args.density, args.gap)
 
 
 def main(argv=None):
@@ -413,7 +470,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         result = generate(args.out, args.scenes, args.val_scenes, args.seed, args.density, args.workers,
-                          args.scenes_per_shard)
+                          args.scenes_per_shard, gap=args.gap)
     except ValueError as err:
         parser.error(str(err))
     summaries = [s for by_split in result.values() for s in by_split.values()]

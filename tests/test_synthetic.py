@@ -93,10 +93,10 @@ def test_books_belong_to_their_bookcase_only_in_s3dis():
             assert found == {shelf_label, -1}
 
 
-def _office(domain):
+def _office(domain, gap=1.0):
     """One fixed room rendered by `domain` (same geometry and albedos for every domain)."""
     room = synthetic_rooms.make_room(np.random.default_rng(11), "office", 2.8, beams=1, columns=1)
-    return synthetic.render(room, domain, np.random.default_rng(5), density=0.3)
+    return synthetic.render(room, domain, np.random.default_rng(5), density=0.3, gap=gap)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,38 @@ def test_structured3d_normals_are_exact_and_scanned_ones_are_not(offices):
         assert lo <= np.radians(np.median(err)) <= hi, domain
 
 
+def test_gap_zero_is_one_sensor_and_gap_one_the_documented_domains():
+    for domain in synthetic.ORDER:
+        assert synthetic.domain_spec(domain, 1.0) is synthetic.DOMAINS[domain]
+    at_zero = [synthetic.domain_spec(d, 0.0) for d in synthetic.ORDER]
+    assert at_zero[0] == at_zero[1] == at_zero[2]
+    # Independent reference for two fields: the arithmetic / geometric mean of the documented values.
+    np.testing.assert_allclose(at_zero[0].noise, (0.008 + 0.005 + 0.0) / 3)
+    np.testing.assert_allclose(at_zero[0].raw_density, (1700 * 20000 * 8000) ** (1 / 3))
+    # Same room, same random stream, gap 0: every domain scans the same points; only labels differ.
+    room = synthetic_rooms.make_room(np.random.default_rng(11), "office", 2.8)
+    scans = [synthetic.render(room, d, np.random.default_rng(5), density=0.05, gap=0.0) for d in synthetic.ORDER]
+    for other in scans[1:]:
+        for field in ("coord", "color", "normal"):
+            np.testing.assert_array_equal(scans[0][field], other[field])
+
+
+def test_gap_two_doubles_the_measured_differences(offices):
+    """ScanNet's extra floor noise over S3DIS's, measured on the same room at gap 1 and gap 2; values
+    pushed past their range are clipped (ScanNet's ceiling coverage 0.15 -> 0, not negative)."""
+    def floor_noise(raw, domain):
+        return float(np.std(raw["coord"][_floor(raw, domain), 2]))
+    doubled = {d: _office(d, gap=2.0) for d in (SC, S3)}
+    at_one = floor_noise(offices[SC], SC) - floor_noise(offices[S3], S3)
+    at_two = floor_noise(doubled[SC], SC) - floor_noise(doubled[S3], S3)
+    assert 1.7 < at_two / at_one < 2.3
+    assert synthetic.domain_spec(SC, 2.0).ceiling_keep == 0.0
+    assert synthetic.domain_spec(S3D, 2.0).noise == 0.0
+
+
 def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="gap"):
+        synthetic.make_scene(SC, "x", gap=-0.5)
     with pytest.raises(ValueError, match="density"):
         synthetic.make_scene(SC, "x", density=1.5)
     with pytest.raises(ValueError, match="domain"):
@@ -171,6 +202,7 @@ def test_bad_settings_are_named():
 
 @pytest.mark.parametrize("flags, message", [(["--scenes", "1,2"], "scenes"),
                                            (["--density", "0"], "density"),
+                                           (["--gap", "-1"], "gap"),
                                            (["--val_scenes", "a,b,c"], "counts")])
 def test_cli_rejects_bad_flags_by_name(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
