@@ -27,8 +27,8 @@ TINY_PTV3 = dict(SYNTHETIC_PTV3, enc_channels=(8,) * 5, enc_heads=(2,) * 5, dec_
                  orders=("z", "hilbert"))
 
 
-def get_config(arg=""):
-    c = base.recipe("joint_ptv3")
+def apply_recipe(c):
+    """The PTv3 + PPT model, loss, optimizer and crops on a recipe config (here and configs/finetune.py)."""
     m = c.model
     m.backbone = "ptv3"
     m.ptv3 = ptv3.defaults()
@@ -42,7 +42,11 @@ def get_config(arg=""):
     c.data.num_sites = 204_800
     c.data.crop_point_max = {labels.SCANNET: 102_400}
     c.data.crop_sample_rate = {labels.STRUCTURED3D: 0.8, labels.S3DIS: 0.6}
+    return c
 
+
+def get_config(arg=""):
+    c = apply_recipe(base.recipe("joint_ptv3"))
     if arg == "tiny":
         c = tiny.tiny(base.embedded(c, reason="configs/joint_ptv3.py:tiny"))
         c.model.ptv3.update(TINY_PTV3)
@@ -53,4 +57,3 @@ def get_config(arg=""):
     if c.synthetic.enabled:                 # (the SpUNet fields it shrinks are not read by PTv3)
         c.model.ptv3.update(SYNTHETIC_PTV3)
     return c
-

@@ -1,7 +1,10 @@
-"""The PTv3 recipe end to end through `python -m ppt_jax.main` (configs/joint_ptv3.py:tiny): the embedded
-synthetic default, CE + Lovasz, AdamW with the "block" group; the train step compiles once."""
+"""The PTv3 recipe end to end through `python -m ppt_jax.main`: a Pointcept PT-v3m1 checkpoint imported
+(tests/test_ptv3_parity.py's), fine-tuned from with the command the importer prints (configs/finetune.py:
+ptv3 at the tiny data sizes: CE + Lovasz, AdamW with the "block" group; the train step compiles once),
+and the export evaluated with --checkpoint=export."""
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -9,19 +12,39 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cpu_env
+from test_ptv3_parity import imported, ref  # noqa: F401  (module fixtures)
 
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_ptv3_trains_through_main(tmp_path):
-    env = cpu_env(JAX_LOG_COMPILES="1")
-    cmd = [sys.executable, "-m", "ppt_jax.main", "--config=configs/joint_ptv3.py:tiny",
-           f"--workdir={tmp_path}", "--config.train.steps=3"]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def _main(*flags):
+    out = subprocess.run([sys.executable, "-m", "ppt_jax.main", *flags], cwd=REPO,
+                         env=cpu_env(JAX_LOG_COMPILES="1"), capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def _records(workdir, event):
+    with open(workdir / "metrics.jsonl") as f:
+        return [r for r in map(json.loads, f) if r["event"] == event]
+
+
+def test_imported_ptv3_finetunes_and_evaluates_through_main(imported, tmp_path):  # noqa: F811
+    _, config, export, printed = imported
+    line = [line for line in printed.splitlines() if line.startswith("fine-tune: ")][0]
+    flags = shlex.split(line.split("ppt_jax.main", 1)[1])
+    assert flags[0] == "--config=configs/finetune.py:ptv3"
+    out = _main("--config=configs/finetune.py:ptv3,tiny", *flags[1:], f"--workdir={tmp_path / 'F'}",
+                "--config.train.steps=3")
     assert out.stderr.count("Compiling jit(train_step)") == 1, out.stderr[-3000:]
-    with open(tmp_path / "metrics.jsonl") as f:
-        records = [json.loads(line) for line in f]
-    losses = [r["last_loss"] for r in records if r["event"] == "train"]
+    assert _records(tmp_path / "F", "start")[0]["init_arrays_loaded"] == 224    # every array of the import
+    losses = [r["last_loss"] for r in _records(tmp_path / "F", "train")]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert "PPT per-dataset results after 3 steps" in out.stdout
+
+    # The fine-tune run's validation scenes: the same eval program (a persistent-cache hit).
+    val = tmp_path / "F" / "synthetic" / "ScanNet" / "val"
+    out = _main(f"--config={config}", "--mode=eval", "--checkpoint=export", f"--config.init.export_dir={export}",
+                f"--workdir={tmp_path / 'E'}", "--config.eval.datasets=('ScanNet',)",
+                f"--config.eval.val_dirs.ScanNet={val}")
+    assert f"single-pass val of the export {export}" in out.stdout and "ScanNet" in out.stdout

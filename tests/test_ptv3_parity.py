@@ -4,6 +4,8 @@ tests/fixtures/make_pointcept_ptv3.py recorded PPT-v1m1(PT-v3m1, backbone_mode=T
 batch: its state dict, eval- and train-mode features, the train step's running statistics and the
 gradients of sum(features * probe)."""
 
+import contextlib
+import io
 import os
 
 import jax
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from ppt_jax import models, sparse
-from ppt_jax.models import ptv3_import
+from ppt_jax.models import pointcept_import, ptv3_import
 from ppt_jax.train.step import build_hierarchies
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "pointcept_ptv3_small.npz")
@@ -93,7 +95,8 @@ def run(ref):
     grads, (train_out, stats) = train(variables, h)
     gather = lambda out: np.concatenate([np.asarray(out)[b, slots] for b, (_, slots) in enumerate(rows)])
     return dict(report=report, variables=variables, template=template, eval_out=gather(evaluate(variables, h)),
-                train_out=gather(train_out), stats=jax.device_get(stats), grads=jax.device_get(grads))
+                train_out=gather(train_out), stats=jax.device_get(stats), grads=jax.device_get(grads),
+                features=lambda v: gather(evaluate(v, h)))
 
 
 def test_import_uses_every_tensor_and_counts_the_reference_parameters(ref, run):
@@ -166,3 +169,98 @@ def test_recipe_has_the_reference_parameter_count():
     params = shapes["params"]
     assert models.count_params(params["backbone"]) == counts["backbone_params"] == 97_413_040
     assert params["prompt_table"].size == counts["prompt_params"]
+
+
+IMPORT_CONFIG = """
+from configs import joint_ptv3
+
+
+def get_config():
+    c = joint_ptv3.get_config("tiny")
+    c.model.ptv3.update(enc_heads=(2,) * 4, dec_heads=(2,) * 3, enc_patch_size=(16, 8, 4, 2),
+                        dec_patch_size=(16, 8, 4), orders=("z", "z-trans", "hilbert", "hilbert-trans"))
+    return c
+"""
+
+
+def full_state(ref, seed=0):
+    """The fixture's backbone-mode state dict as a whole PPT-v1m1 checkpoint (language head, CLIP
+    table, logit scale: random), under DDP names."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(36, 512)).astype(np.float32)
+    state = dict(ref["state"], **{
+        "proj_head.weight": rng.normal(size=(512, 8)).astype(np.float32),
+        "proj_head.bias": rng.normal(size=(512,)).astype(np.float32),
+        "class_embedding": table / np.linalg.norm(table, axis=1, keepdims=True),
+        "logit_scale": np.array(np.log(100.0), np.float32)})
+    return {f"module.{k}": v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def imported(ref, tmp_path_factory):
+    """python -m ppt_jax.models.pointcept_import on the checkpoint: (npz, config, export, printed)."""
+    root = tmp_path_factory.mktemp("ptv3_import")
+    np.savez(root / "ppt.npz", **full_state(ref))
+    (root / "config.py").write_text(IMPORT_CONFIG)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert pointcept_import.main(["--checkpoint", str(root / "ppt.npz"), "--out", str(root / "export"),
+                                      "--config", str(root / "config.py")]) == 0
+    return root / "ppt.npz", root / "config.py", root / "export", printed.getvalue()
+
+
+def test_import_command_reads_the_architecture_and_its_export_gives_the_reference_features(ref, run, imported):
+    """The user's command on a PPT-v1m1(PT-v3m1) checkpoint: the backbone is detected, the architecture
+    read from the shapes (heads, patch sizes, orders from --config), the export loads in the inference
+    tool with the same model settings, and its arrays give the reference's eval-mode features."""
+    from ppt_jax import predict
+    _, config, export, printed = imported
+    assert "412 tensors -> 224 arrays (full model), 30 BN counters skipped" in printed
+    assert ("PT-v3m1 encoder depths (2, 1, 1, 1) channels (8, 8, 8, 8), decoder depths (2, 1, 1) channels "
+            "(8, 8, 8), mlp ratio 4.0") in printed
+    assert f"evaluate:  python -m ppt_jax.main --config={config} --mode=test --checkpoint=export" in printed
+    finetune = [line for line in printed.splitlines() if line.startswith("fine-tune:")][0]
+    for flag in ("--config=configs/finetune.py:ptv3", "'--config.model.ptv3.enc_depths=(2, 1, 1, 1)'",
+                 "'--config.model.ptv3.enc_patch_size=(16, 8, 4, 2)'", "--config.model.s3dis_order=code_faithful"):
+        assert flag in finetune
+    assert "--config.model.channels" not in finetune         # a SpUNet field: PTv3 does not read it
+
+    predictor = predict.Predictor(str(export))
+    settings = dict(predictor.model.ptv3)
+    for name, value in SMALL:
+        if name not in ("drop_path", "shuffle_orders"):              # training-only
+            assert settings[name] == value, name
+    assert predictor.model.arch == "ptv3" and predictor.model.head == "language"
+    params = predictor.variables["params"]
+    state = {k[len("module."):]: v for k, v in full_state(ref).items()}
+    np.testing.assert_array_equal(params["seg_head"]["proj_head"]["kernel"], state["proj_head.weight"].T)
+    np.testing.assert_array_equal(np.asarray(predictor.model.text_table, np.float32), state["class_embedding"])
+    # The export's backbone and prompts in the parity run's model (same tree: its compiled forward).
+    variables = {"params": dict(run["variables"]["params"], backbone=params["backbone"],
+                                prompt_table=params["prompt_table"]),
+                 "batch_stats": predictor.variables["batch_stats"]}
+    np.testing.assert_allclose(run["features"](variables), ref["eval_out"], rtol=1e-4, atol=2e-5)
+
+
+def test_import_refusals_name_the_problem(ref, imported, tmp_path, capsys):
+    npz, config, _, _ = imported
+    state = dict(np.load(npz))
+    cases = {
+        "adaptive": ({"module.backbone.embedding.stem.norm.modulation.1.weight": np.zeros((16, 256), np.float32)},
+                     "adaptive PDNorm (pdnorm_adaptive=True)"),
+        "both": ({"module.backbone.conv_input.conv.weight": np.zeros((8, 5, 5, 5, 6), np.float32)},
+                 "expected exactly one of"),
+        "decoder": ({k: v for k, v in state.items() if ".dec.dec2." in k}, "expected 3 decoder stages"),
+    }
+    for name, (change, message) in cases.items():
+        changed = {k: v for k, v in state.items() if name != "decoder" or k not in change}
+        if name != "decoder":
+            changed.update(change)
+        np.savez(tmp_path / f"{name}.npz", **changed)
+        assert pointcept_import.main(["--checkpoint", str(tmp_path / f"{name}.npz"), "--out",
+                                      str(tmp_path / name), "--config", str(config)]) == 2
+        assert message in capsys.readouterr().err, name
+        assert not (tmp_path / name).exists()
+    # The recipe's config has 5 encoder stages: heads and patch sizes that do not fit are named.
+    assert pointcept_import.main(["--checkpoint", str(npz), "--out", str(tmp_path / "recipe")]) == 2
+    assert "model.ptv3.enc_heads needs 4 entries" in capsys.readouterr().err

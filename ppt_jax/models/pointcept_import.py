@@ -1,13 +1,16 @@
-"""Import Pointcept SpUNet-v1m3 / PPT-v1m1 (and PPT-v1m2 decoupled-head) weights into `PPT` variables.
+"""Import Pointcept SpUNet-v1m3 / PPT-v1m1 (and PPT-v1m2 decoupled-head) weights into `PPT` variables,
+and the import command for both backbones (SpUNet-v1m3 here, PT-v3m1 through `ptv3_import`).
 
     python -m ppt_jax.models.pointcept_import --checkpoint model_best.pth --out runs/pointcept/export \
         [--config configs/joint.py] [--color_norm unit|legacy] [--s3dis_order code_faithful|intended]
 
 writes an export (the same files as `python -m ppt_jax.main --mode export`) that `ppt_jax.predict`,
-`configs/finetune.py` (config.init.export_dir) and `--mode eval|test --checkpoint=export` load. The
-architecture (widths, depths, norms, head) is read from the checkpoint; data, sparse and text settings
-come from `--config`. The export also holds the checkpoint's own CLIP table (`class_embedding`) in
-its text cache, so no text encoder runs. Defaults: the reference's S3DIS column order
+`configs/finetune.py` (config.init.export_dir; `:ptv3` for PTv3) and `--mode eval|test --checkpoint=export`
+load. The backbone is told by the stem's key (`BACKBONES`); the architecture (widths, depths, norms, head)
+is read from the checkpoint; data, sparse and text settings (and PTv3's heads, patch sizes and orders,
+which no state dict records) come from `--config`, by default the backbone's recipe (`DEFAULT_CONFIGS`).
+The export also holds the checkpoint's own CLIP table (`class_embedding`) in its text cache, so no text
+encoder runs. Defaults: the reference's S3DIS column order
 (`S3DIS_ORDER`) and `color_norm="unit"` (Pointcept >= v1.6.0; `legacy` for checkpoints trained
 before it); the printed report says which were used (docs/model.md, "Importing Pointcept weights").
 
@@ -44,6 +47,7 @@ S3DIS_ORDER = "code_faithful"
 _NORM_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _NORM_MODULES = ("bn", "bn1", "bn2", "proj_norm")   # PDNorm module names (spunet.py)
 _SKIPPED = re.compile(r".*num_batches_tracked$")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass
@@ -210,9 +214,43 @@ def fill_variables(src, template, convert_leaf, conditions, backbone_conditions,
     return out, report
 
 
-def _block_count(state, part, stage):
+def block_count(state, part, stage):
     names = {k.split(".")[3] for k in state if k.startswith(f"backbone.{part}.{stage}.block")}
     return len(names)
+
+
+def required_shape(state, key, what):
+    if key not in state:
+        raise ValueError(f"not a {what} state dict: no {key!r}")
+    return state[key].shape
+
+
+def check_stem(state, key):
+    """The stem conv (C, k, k, k, 6): colour + normal input, as the data pipeline gives."""
+    stem = state[key].shape
+    if len(stem) != 5 or stem[-1] != 6:
+        raise ValueError(f"{key} has shape {stem}: expected (C, k, k, k, 6) (colour + normal input)")
+    return int(stem[0])
+
+
+def ppt_fields(state, norm_weight_re):
+    """`config.model` fields of the PPT wrapper (prompts, head) and the export part, shared by both
+    backbones; `norm_weight_re` matches the stem norm's per-dataset weights (their count is checked)."""
+    fields = {}
+    if "embedding_table.weight" in state:
+        fields["context_channels"] = int(state["embedding_table.weight"].shape[1])
+    prompts = state["embedding_table.weight"].shape[0] if "embedding_table.weight" in state else 0
+    norms = sum(1 for k in state if re.fullmatch(norm_weight_re, k))
+    for what, count, order in (("embedding_table", prompts, REF_PPT_CONDITIONS),
+                               ("the stem's per-dataset norms", norms, REF_BACKBONE_CONDITIONS)):
+        if count and count != len(order):
+            raise ValueError(f"{what}: {count} datasets; the reference's configs have {len(order)} "
+                             f"{order}, the orders this importer maps by name")
+    if "proj_head.weight" in state:
+        fields["head"] = "language"
+    elif "seg_heads.0.weight" in state:
+        fields["head"] = "decoupled"
+    return fields, "full" if "head" in fields else "backbone"
 
 
 def infer_model(state):
@@ -222,63 +260,107 @@ def infer_model(state):
     layers[s] blocks and dec[s] layers[7 - s]. Raises ValueError naming the first key it lacks.
     """
     state = normalize_keys(state)
-
-    def shape(key):
-        if key not in state:
-            raise ValueError(f"not a SpUNet-v1m3 / PPT-v1m1 state dict: no {key!r}")
-        return state[key].shape
-
-    stem = shape("backbone.conv_input.conv.weight")
-    if len(stem) != 5 or stem[-1] != 6:
-        raise ValueError(f"backbone.conv_input.conv.weight has shape {stem}: expected (C, 5, 5, 5, 6) "
-                         f"(colour + normal input)")
+    shape = lambda key: required_shape(state, key, "SpUNet-v1m3 / PPT-v1m1")
+    shape("backbone.conv_input.conv.weight")
+    base = check_stem(state, "backbone.conv_input.conv.weight")
     if "backbone.down.4.conv.weight" in state:
         raise ValueError("the backbone has more than 4 stages; this SpUNet has 4")
     down = [shape(f"backbone.down.{s}.conv.weight")[0] for s in range(4)]
     up = [shape(f"backbone.up.{s}.conv.weight")[0] for s in range(4)]
-    fields = {"channels": tuple(down) + tuple(reversed(up)),
-              "layers": tuple(_block_count(state, "enc", s) for s in range(4))
-              + tuple(_block_count(state, "dec", s) for s in reversed(range(4))),
-              "base_channels": int(stem[0]), "adapter": "pdnorm",
+    fields = {"backbone": "spunet", "channels": tuple(down) + tuple(reversed(up)),
+              "layers": tuple(block_count(state, "enc", s) for s in range(4))
+              + tuple(block_count(state, "dec", s) for s in reversed(range(4))),
+              "base_channels": base, "adapter": "pdnorm",
               "norm_decouple": "backbone.conv_input.bn.bns.0.weight" in state,
               "norm_adaptive": "backbone.conv_input.bn.modulation.1.weight" in state}
+    wrapper, part = ppt_fields(state, r"backbone\.conv_input\.bn\.bns\.\d+\.weight")
+    fields.update(wrapper)
     if fields["norm_adaptive"]:
         fields["context_channels"] = int(shape("backbone.conv_input.bn.modulation.1.weight")[1])
-    elif "embedding_table.weight" in state:
-        fields["context_channels"] = int(shape("embedding_table.weight")[1])
-    prompts = state["embedding_table.weight"].shape[0] if "embedding_table.weight" in state else 0
-    norms = sum(1 for k in state if re.fullmatch(r"backbone\.conv_input\.bn\.bns\.\d+\.weight", k))
-    for what, count, order in (("embedding_table", prompts, REF_PPT_CONDITIONS),
-                               ("backbone.conv_input.bn.bns", norms, REF_BACKBONE_CONDITIONS)):
-        if count and count != len(order):
-            raise ValueError(f"{what}: {count} datasets; the reference's configs have {len(order)} "
-                             f"{order}, the orders this importer maps by name")
-    if "proj_head.weight" in state:
-        fields["head"] = "language"
-    elif "seg_heads.0.weight" in state:
-        fields["head"] = "decoupled"
-    part = "full" if "head" in fields else "backbone"
     return fields, part
 
 
-def _load_config(path):
-    """get_config() of a config file (as `--config` of ppt_jax.main; run from the repository root)."""
+BACKBONES = {"spunet": "backbone.conv_input.conv.weight", "ptv3": "backbone.embedding.stem.conv.weight"}
+"""Each backbone's stem weight: its presence tells the importer which backbone a state dict holds."""
+DEFAULT_CONFIGS = {"spunet": "configs/joint.py", "ptv3": "configs/joint_ptv3.py"}
+FINETUNE_CONFIGS = {"spunet": "configs/finetune.py", "ptv3": "configs/finetune.py:ptv3"}
+
+
+def backbone_of(state):
+    """"spunet" (SpUNet-v1m3) or "ptv3" (PT-v3m1), from the stem's key."""
+    state = normalize_keys(state)
+    found = [name for name, key in BACKBONES.items() if key in state]
+    if len(found) != 1:
+        raise ValueError(f"not a Pointcept SpUNet-v1m3 or PT-v3m1 (PPT-v1m1/v1m2) state dict: expected "
+                         f"exactly one of {sorted(BACKBONES.values())}, found {found or 'none'}")
+    return found[0]
+
+
+def _architecture(backbone, state):
+    """(config.model fields, export part, the converter) of the state dict's backbone."""
+    if backbone == "ptv3":
+        from ppt_jax.models import ptv3_import
+        return (*ptv3_import.infer_model(state), ptv3_import.convert)
+    return (*infer_model(state), convert)
+
+
+def _load_config(spec):
+    """get_config(arg) of a config file given as `path[:arg]` (as `--config` of ppt_jax.main; a relative
+    path that does not exist from here is looked up from the repository root)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("import_config", path)
-    if spec is None or not os.path.isfile(path):
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path) and not os.path.isabs(path):
+        path = os.path.join(_REPO, path) if os.path.isfile(os.path.join(_REPO, path)) else path
+    module_spec = importlib.util.spec_from_file_location("import_config", path)
+    if module_spec is None or not os.path.isfile(path):
         raise FileNotFoundError(f"--config {path}: no such config file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
-def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, color_norm=None):
-    """Checkpoint -> export at `out_dir` (via the trainer's export writer); returns (report lines, part).
+def _describe(m):
+    """One line of the imported architecture (config.model fields)."""
+    if m.backbone == "ptv3":
+        p = m.ptv3
+        arch = (f"PT-v3m1 encoder depths {p.enc_depths} channels {p.enc_channels}, decoder depths "
+                f"{p.dec_depths} channels {p.dec_channels}, mlp ratio {p.mlp_ratio}; from the config (no "
+                f"state dict records them): heads {p.enc_heads}/{p.dec_heads}, patch sizes "
+                f"{p.enc_patch_size}/{p.dec_patch_size}, orders {p.orders}")
+    else:
+        arch = f"SpUNet-v1m3 channels {m.channels}, layers {m.layers}, base {m.base_channels}"
+    return (f"architecture: {arch}; context {m.get('context_channels')}, head {m.head}, norm decouple "
+            f"{m.norm_decouple} adaptive {m.norm_adaptive}; conditions {tuple(m.conditions)}")
 
-    `config` supplies the data, sparse and text settings; its model fields are replaced by the
-    checkpoint's architecture, `model.s3dis_order` by `s3dis_order`, and `data.color_norm` by
-    `color_norm` (None keeps the config's).
+
+def _overrides(model, reference, prefix="--config.model"):
+    """`--config.model.X=V` flags that turn `reference`'s model fields into `model`'s (nested ptv3 too;
+    not the fields that the model's backbone does not read)."""
+    from ppt_jax.models import ppt
+
+    unread = ppt.SPUNET_FIELDS if model.get("backbone") == "ptv3" else ("ptv3",)
+    flags = []
+    for key, value in sorted(model.items()):
+        if key in ("s3dis_order", "text_table", *unread) or key not in reference:
+            continue
+        if isinstance(value, dict):
+            flags += _overrides(value, reference[key], f"{prefix}.{key}")
+        elif (tuple(value) if isinstance(value, list) else value) != (
+                tuple(reference[key]) if isinstance(reference[key], list) else reference[key]):
+            text = str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
+            flags.append(f"{prefix}.{key}={text}" if " " not in text else f"'{prefix}.{key}={text}'")
+    return flags
+
+
+def import_checkpoint(checkpoint, out_dir, config=None, s3dis_order=S3DIS_ORDER, color_norm=None):
+    """Checkpoint -> export at `out_dir` (via the trainer's export writer); returns (report lines, part,
+    backbone, the flags of `python -m ppt_jax.main` that fine-tune from it).
+
+    `config` supplies the data, sparse and text settings, and for PTv3 what no state dict records
+    (heads, patch sizes, orders); None = the backbone's recipe (`DEFAULT_CONFIGS`). Its model fields
+    are replaced by the checkpoint's architecture, `model.s3dis_order` by `s3dis_order`, and
+    `data.color_norm` by `color_norm` (None keeps the config's).
     """
     import jax
     import ml_collections
@@ -288,9 +370,14 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
     from ppt_jax.train import checkpoint as ckpt, setup
 
     state = load_state_dict(checkpoint)
-    fields, part = infer_model(state)
-    config = ml_collections.ConfigDict(config.to_dict())
+    backbone = backbone_of(state)
+    fields, part, convert_fn = _architecture(backbone, state)
+    config = ml_collections.ConfigDict((config or _load_config(DEFAULT_CONFIGS[backbone])).to_dict())
+    ptv3_fields = fields.pop("ptv3", None)
     config.model.update(fields)
+    if ptv3_fields is not None:
+        from ppt_jax.models import ptv3
+        config.model.ptv3 = {**ptv3.defaults(), **config.model.ptv3.to_dict(), **ptv3_fields}
     config.model.s3dis_order = s3dis_order
     if color_norm is not None:
         config.data.color_norm = color_norm
@@ -313,7 +400,7 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
     template = jax.eval_shape(lambda: setup.init_variables(model, shapes, config.seed))
     if part == "backbone":
         template = {k: {"backbone": v["backbone"]} for k, v in template.items()}
-    variables, report = convert(state, template, names)
+    variables, report = convert_fn(state, template, names)
     if report.unused_keys:
         raise ValueError(f"{checkpoint}: {len(report.unused_keys)} tensors have no place in the model "
                          f"{fields} (first: {report.unused_keys[:3]}): not this architecture")
@@ -327,13 +414,14 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
         cache.save(os.path.join(out_dir, "text"), spec, text_table,
                    {"label": "class_embedding of the Pointcept checkpoint", "source": os.path.abspath(checkpoint),
                     "dim": int(text_table.shape[1]), "bpe_path": None})
-    m = config.model
+    finetune = FINETUNE_CONFIGS[backbone]
+    flags = [f"--config={finetune}", f"--config.init.export_dir={os.path.abspath(out_dir)}",
+             *_overrides(config.model.to_dict(), _load_config(finetune).model.to_dict()),
+             f"--config.model.s3dis_order={s3dis_order}", f"--config.data.color_norm={config.data.color_norm}"]
     lines = [
         f"{checkpoint}: {report.used_keys} tensors -> {report.filled} arrays ({part} model), "
         f"{len(report.skipped_keys)} BN counters skipped",
-        f"architecture: channels {m.channels}, layers {m.layers}, base {m.base_channels}, "
-        f"context {m.get('context_channels')}, head {m.head}, norm decouple {m.norm_decouple} "
-        f"adaptive {m.norm_adaptive}; conditions {names}",
+        _describe(config.model),
         f"S3DIS columns: model.s3dis_order={s3dis_order!r}"
         + (" (the reference's order: predictions match it)" if s3dis_order == S3DIS_ORDER else
            " (NOT the reference's order: S3DIS predictions will differ from the checkpoint's)"),
@@ -344,7 +432,7 @@ def import_checkpoint(checkpoint, out_dir, config, s3dis_order=S3DIS_ORDER, colo
                            f"{report.logit_scale:.6g}" if text_table is not None else "none (no language head)"),
         f"export written to {os.path.abspath(out_dir)}",
     ]
-    return lines, part
+    return lines, part, backbone, flags
 
 
 def main(argv=None):
@@ -352,20 +440,20 @@ def main(argv=None):
     from ppt_jax import labels
 
     p = argparse.ArgumentParser(prog="python -m ppt_jax.models.pointcept_import",
-                                description="Pointcept SpUNet-v1m3 / PPT checkpoint -> ppt_jax export")
+                                description="Pointcept SpUNet-v1m3 / PT-v3m1 (PPT) checkpoint -> ppt_jax export")
     p.add_argument("--checkpoint", required=True, help="Pointcept .pth (needs torch) or .npz state dict")
     p.add_argument("--out", required=True, help="export directory to write")
-    p.add_argument("--config", default="configs/joint.py",
-                   help="config file for the data, sparse and text settings (default: the reference recipe)")
+    p.add_argument("--config", help="config file for the data, sparse and text settings (PTv3: also heads, "
+                                    f"patch sizes, orders); default: the backbone's recipe {DEFAULT_CONFIGS}")
     p.add_argument("--s3dis_order", default=S3DIS_ORDER, choices=labels.S3DIS_ORDERS,
                    help="S3DIS label -> text row order (default: the reference's, as trained)")
     p.add_argument("--color_norm", choices=tuple(pipeline.COLOR_NORMS),
                    help="colour input: unit (Pointcept >= v1.6.0) or legacy (before); default: the config's")
     args = p.parse_args(argv)
     try:
-        config = _load_config(args.config)
-        color_norm = args.color_norm or config.data.color_norm
-        lines, part = import_checkpoint(args.checkpoint, args.out, config, args.s3dis_order, color_norm)
+        config = _load_config(args.config) if args.config else None
+        lines, part, backbone, flags = import_checkpoint(args.checkpoint, args.out, config, args.s3dis_order,
+                                               args.color_norm)
     except (OSError, ImportError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
@@ -373,10 +461,9 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     if part == "full":
         print(f"predict:   python -m ppt_jax.predict --checkpoint {out} --dataset scannet --input X.ply --out DIR")
-        print(f"evaluate:  python -m ppt_jax.main --config={args.config} --mode=test --checkpoint=export "
-              f"--config.init.export_dir={out}")
-    print(f"fine-tune: python -m ppt_jax.main --config=configs/finetune.py --config.init.export_dir={out} "
-          f"--config.model.s3dis_order={args.s3dis_order} --config.data.color_norm={color_norm}")
+        print(f"evaluate:  python -m ppt_jax.main --config={args.config or DEFAULT_CONFIGS[backbone]} "
+              f"--mode=test --checkpoint=export --config.init.export_dir={out}")
+    print("fine-tune: python -m ppt_jax.main " + " ".join(flags))
     return 0
 
 

@@ -30,6 +30,8 @@ from ppt_jax.models.spunet import SpUNet
 
 PROMPT_KEYWORDS = ("prompt", "modulation")
 ARCHS = ("spunet", "ptv3")
+SPUNET_FIELDS = ("channels", "layers", "base_channels", "zero_init", "attention_tokens")
+"""PPT fields that only the SpUNet backbone reads (PTv3 has its own in `ptv3`)."""
 
 
 class PPT(nn.Module):

@@ -26,7 +26,9 @@ import re
 import numpy as np
 
 from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, StateSource,
-                                             fill_variables, normalize_keys, spconv_to_taps)
+                                             block_count, check_stem, fill_variables,
+                                             normalize_keys, ppt_fields, required_shape,
+                                             spconv_to_taps)
 
 _LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
            "kernel": "weight"}
@@ -97,3 +99,36 @@ def convert(state, template, conditions, backbone_conditions=REF_BACKBONE_CONDIT
     """
     return fill_variables(StateSource(normalize_keys(state)), template, _convert_leaf, conditions,
                           backbone_conditions, ppt_conditions, strict, "check model.ptv3 channels/depths/heads")
+
+
+def infer_model(state):
+    """`config.model` fields of a PT-v3m1 / PPT-v1m1(PT-v3m1) checkpoint's architecture, and the export part.
+
+    The shapes give the stages, depths, widths, MLP ratio and norms; heads, patch sizes and orders leave
+    no trace in a state dict (qkv is (3C, C) for any head count) and come from the config.
+    """
+    state = normalize_keys(state)
+    shape = lambda key: required_shape(state, key, "PT-v3m1 / PPT-v1m1(PT-v3m1)")
+    stem = "backbone.embedding.stem.conv.weight"
+    shape(stem)
+    stages = lambda part: sum(1 for s in range(16) if any(k.startswith(f"backbone.{part}.{part}{s}.") for k in state))
+    enc, dec = stages("enc"), stages("dec")
+    if dec != enc - 1:
+        raise ValueError(f"PT-v3m1 state dict with {enc} encoder and {dec} decoder stages: expected "
+                         f"{enc - 1} decoder stages (the segmentation model, not enc_mode)")
+    if any(".modulation." in k for k in state):
+        raise ValueError("PT-v3m1 with adaptive PDNorm (pdnorm_adaptive=True): this port takes "
+                         "model.norm_adaptive=False, the reference's PTv3 + PPT recipe")
+    fc1 = shape("backbone.enc.enc0.block0.mlp.0.fc1.weight")
+    ptv3 = {"enc_depths": tuple(block_count(state, "enc", f"enc{s}") for s in range(enc)),
+            "enc_channels": (check_stem(state, stem),) + tuple(
+                int(shape(f"backbone.enc.enc{s}.down.proj.weight")[0]) for s in range(1, enc)),
+            "dec_depths": tuple(block_count(state, "dec", f"dec{s}") for s in range(dec)),
+            "dec_channels": tuple(int(shape(f"backbone.dec.dec{s}.up.proj.0.weight")[0]) for s in range(dec)),
+            "mlp_ratio": fc1[0] / fc1[1]}
+    decouple = "backbone.embedding.stem.norm.norm.0.weight" in state
+    fields = {"backbone": "ptv3", "ptv3": ptv3, "adapter": "pdnorm" if decouple else "none",
+              "norm_decouple": decouple, "norm_adaptive": False}
+    wrapper, part = ppt_fields(state, r"backbone\.embedding\.stem\.norm\.norm\.\d+\.weight")
+    fields.update(wrapper)
+    return fields, part
