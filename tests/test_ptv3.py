@@ -47,12 +47,12 @@ def test_patch_layout_round_trip(n):
         assert np.all(index[j, kv_len[j]:] == num)
 
 
-def _attention(x, n_heads, k, mask, attention="auto"):
+def _attention(x, n_heads, k, mask, attention="auto", dtype=jnp.float32):
     """SerializedAttention on one batch row of sites in index order (the z order of a line)."""
     n = int(mask.sum())
     perm = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)]).astype(np.int32)
     layout = tuple(a[None] for a in layout_of(jnp.asarray(perm), n, k))
-    module = ptv3.SerializedAttention(x.shape[-1], n_heads, attention, jnp.float32)
+    module = ptv3.SerializedAttention(x.shape[-1], n_heads, attention, dtype)
     variables = jax.jit(module.init)(jax.random.key(0), x[None], layout)
     return jax.jit(module.apply)(variables, x[None], layout)[0], variables["params"]
 
@@ -120,6 +120,18 @@ def test_attention_auto_on_cpu_is_the_xla_path():
     np.testing.assert_array_equal(_attention(x, 2, 4, mask)[0], _attention(x, 2, 4, mask, "xla")[0])
     with pytest.raises(ValueError, match="platform 'cpu', dtype float32, head width 4"):
         _attention(x, 2, 4, mask, "cudnn")
+
+
+def test_bfloat16_attention_is_the_float32_one_to_bfloat16_precision():
+    """model.dtype bfloat16: projections and attention in bfloat16 (float32 parameters), same result to
+    bfloat16's ~3 significant digits."""
+    rng = np.random.default_rng(2)
+    mask = rng.random(12) < 0.7
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    full, params = _attention(x, 2, 4, mask)
+    half, half_params = _attention(x, 2, 4, mask, dtype=jnp.bfloat16)
+    assert half.dtype == jnp.bfloat16 and half_params["qkv"]["kernel"].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(half, np.float32)[mask], np.asarray(full)[mask], rtol=0.05, atol=0.05)
 
 
 def _hierarchy(seed=0, n=120, cap=128):
