@@ -96,8 +96,11 @@ print("RESULT " + json.dumps(out), flush=True)
 
 
 def _die_with_parent():
-    """preexec_fn: the kernel kills the emulator when the test process dies, however it dies."""
+    """preexec_fn: the kernel kills the child (emulator, worker) when the test process dies, however."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
+_DIE_WITH_PARENT = _die_with_parent if sys.platform == "linux" else None
 
 
 def _free_port():
@@ -122,7 +125,7 @@ def gcs(tmp_path_factory):
         server = subprocess.Popen(
             [str(wrapper._get_binary_path()), "-scheme", "http", "-backend", "memory",
              "-host", "127.0.0.1", "-port", str(port), "-external-url", url],
-            stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_DIE_WITH_PARENT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -149,7 +152,7 @@ def gcs(tmp_path_factory):
 
 def _worker(env, phase, workdir):
     return subprocess.run([sys.executable, "-c", WORKER, phase, workdir], cwd=REPO, env=dict(os.environ, **env),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, preexec_fn=_DIE_WITH_PARENT)
 
 
 def _result(proc):
