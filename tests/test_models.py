@@ -181,8 +181,8 @@ def test_heads_shapes_masks_and_union_columns():
     mask = heads.class_mask(DATASETS)
     assert mask.shape == (3, 25) and mask.sum(1).tolist() == [20, 13, 25]
     text = unit_rows(rng, 36, 10)
-    all_heads = (heads.DecoupledHead(DATASETS), heads.UnionHead(DATASETS),
-                 heads.LanguageHead(DATASETS, text), heads.UnionHead(DATASETS, "code_faithful"))
+    all_heads = (heads.DecoupledHead(DATASETS), heads.UnionHead(DATASETS, "intended"),
+                 heads.LanguageHead(DATASETS, text, "intended", 100.0), heads.UnionHead(DATASETS, "code_faithful"))
 
     @jax.jit                                         # one compilation for all heads
     def run(key, feat, cond):
@@ -214,7 +214,7 @@ def test_language_loss_hand_computed():
     segment = np.array([[0, 12, -1, 5]])            # ceiling, clutter, ignored, window
     text = unit_rows(rng, 36, 4)
     cond = np.array([1])                             # S3DIS
-    head = heads.LanguageHead(DATASETS, text)
+    head = heads.LanguageHead(DATASETS, text, "intended", 100.0)
     v = head.init(jax.random.PRNGKey(0), feat, cond)
     loss = heads.segmentation_loss(head.apply(v, feat, cond), segment)
     w, b = (np.asarray(v["params"]["proj_head"][k], np.float64) for k in ("kernel", "bias"))
@@ -246,7 +246,7 @@ def test_language_head_matches_the_direct_formula():
     feat = rng.normal(size=(2, 64, 16)).astype(np.float32)
     cond = np.array([0, 2])
     text = unit_rows(rng, 36, 40)
-    head = heads.LanguageHead(DATASETS, text)
+    head = heads.LanguageHead(DATASETS, text, "intended", 100.0)
     v = head.init(jax.random.PRNGKey(1), feat, cond)
     w, b = (np.asarray(v["params"]["proj_head"][k], np.float64) for k in ("kernel", "bias"))
     rows = heads.union_rows(DATASETS)
@@ -357,7 +357,7 @@ def test_init_matches_reference(small_batch):
     big = models.PPT(DATASETS, context_channels=4096, text_table=np.eye(36, 8))
     table = big.init(key, method=lambda m: m.prompt_table)["params"]["prompt_table"]
     assert table.shape == (3, 4096) and abs(np.std(table) - 1) < 0.03
-    head = heads.LanguageHead(DATASETS, unit_rows(np.random.default_rng(0), 36, 512))
+    head = heads.LanguageHead(DATASETS, unit_rows(np.random.default_rng(0), 36, 512), "intended", 100.0)
     proj = jax.jit(head.init)(key, x, cond)["params"]["proj_head"]
     for w in (proj["kernel"], proj["bias"]):
         assert np.abs(w).max() <= 1 / np.sqrt(32) and np.abs(w).max() > 0.95 / np.sqrt(32)

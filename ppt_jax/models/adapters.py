@@ -20,7 +20,7 @@ def _out_init(zero_init):
 
 
 class PromptAdd(nn.Module):
-    zero_init: bool = False
+    zero_init: bool
 
     @nn.compact
     def __call__(self, x, context):
@@ -30,8 +30,8 @@ class PromptAdd(nn.Module):
 
 
 class PromptCrossAttention(nn.Module):
-    zero_init: bool = False
-    tokens: int = 8
+    zero_init: bool
+    tokens: int
 
     @nn.compact
     def __call__(self, x, context):

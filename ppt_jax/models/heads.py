@@ -71,7 +71,7 @@ class DecoupledHead(nn.Module):
 
 class UnionHead(nn.Module):
     conditions: tuple
-    s3dis_order: str = "intended"
+    s3dis_order: str
 
     @nn.compact
     def __call__(self, feat, condition):
@@ -104,8 +104,8 @@ class LanguageHead(nn.Module):
     arithmetic (tests/test_models.py checks it in float64); the per-site work of the head drops ~5x."""
     conditions: tuple
     text_table: Any
-    s3dis_order: str = "intended"
-    logit_scale: float = 100.0
+    s3dis_order: str
+    logit_scale: float
 
     @nn.compact
     def __call__(self, feat, condition):
