@@ -161,21 +161,16 @@ def _round_up(n, multiple):
     return max(multiple, -(-int(n) // multiple) * multiple)
 
 
-def hierarchy_capacities(rows, num_sites, levels, multiple=256):
-    """Sites per level fitting every row (grid coordinates of its real sites), level 0 = `num_sites`.
+def exact_spec(batches, sparse_config):
+    """HierarchySpec in which every row of `batches` fits: the trainer's sizing (`sparse.sizing`) on the rows
+    themselves, no margin, coarse levels rounded up to 256 sites so that scenes of similar size share one
+    compiled forward. No site or pair is ever dropped, whatever the scene's shape."""
+    from ppt_jax.sparse import sizing
 
-    Coarser levels hold the exact max over rows of unique(floor(g / 2^l)) (the sparse engine's
-    stride-2 sites), rounded up so that scenes of similar size share one compiled forward: no site
-    is ever dropped, whatever the scene's shape."""
-    from ppt_jax.data import schema
-
-    caps = [num_sites] + [0] * (levels - 1)
-    for g in rows:
-        g = np.asarray(g, np.int64)
-        for level in range(1, levels):
-            sites = len(np.unique(schema.ravel_grid(g >> level)))
-            caps[level] = max(caps[level], _round_up(sites, multiple))
-    return tuple(min(c, num_sites) for c in caps)
+    rows = [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"])]
+    return sizing.spec_from_stats(sizing.measure(rows), batches[0]["mask"].shape[1],
+                                  form=sparse_config.conv_form, margin=1.0, scale_to_budget=False,
+                                  multiple=256, search_method=sparse_config.search_method)
 
 
 class Predictor:
@@ -203,8 +198,6 @@ class Predictor:
         self.model = setup.build_model(self.config, table)
         self.datasets = tuple(self.config.model.conditions)
         self.grid_size = float(self.config.data.grid_size)
-        from ppt_jax.sparse import sizing
-        self.levels = sizing.LEVELS
         self._mesh = sharding.make_mesh()
         self._steps = {}
 
@@ -216,12 +209,8 @@ class Predictor:
         raise ValueError(f"--dataset {dataset!r}: this model was trained on {self.datasets}")
 
     def spec(self, batches):
-        """One exact HierarchySpec for all rows of `batches` (one compile per scene size bucket)."""
-        from ppt_jax import sparse
-
-        rows = [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"])]
-        caps = hierarchy_capacities(rows, batches[0]["mask"].shape[1], self.levels)
-        return sparse.HierarchySpec(caps, search_method=self.config.sparse.search_method)
+        """One HierarchySpec for all rows of `batches`: `exact_spec` in the model's conv form."""
+        return exact_spec(batches, self.config.sparse)
 
     def new_votes(self, rows):
         """Zero vote table (rows, K) on the device (rows rounded up: fewer compiles)."""

@@ -198,25 +198,24 @@ class _ColourOracle:
     """A stand-in model: class 1 where the red channel is bright, else class 0 (any view)."""
 
     grid_size = 0.02
-    levels = 5
 
     def __init__(self):
-        self.config = ml_collections.ConfigDict({"data": pipeline.default_config().to_dict()})
+        from configs import joint
+        self.config = ml_collections.ConfigDict({"data": pipeline.default_config().to_dict(),
+                                                 "sparse": joint.get_config().sparse.to_dict()})
         self.rows = 0
 
     def condition(self, dataset):
         return labels.SCANNET, 0
 
     def spec(self, batches):
-        return predict.hierarchy_capacities(
-            [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"])],
-            batches[0]["mask"].shape[1], self.levels)
+        return predict.exact_spec(batches, self.config.sparse)
 
     def new_votes(self, rows):
         return np.zeros((rows + 7, 25))       # extra rows, as the device table is rounded up
 
     def vote(self, votes, batch, spec):
-        assert spec[0] == batch["mask"].shape[1]
+        assert spec.capacities[0] == batch["mask"].shape[1]
         self.rows += len(batch["mask"])
         bright = batch["feat"][..., 0] > 0.5
         real = batch["index"] >= 0
@@ -244,29 +243,6 @@ def test_every_point_gets_its_own_vote(vote):
         assert oracle.rows >= 13
     else:   # one point per voxel speaks for the voxel: points sharing a voxel share a label
         assert oracle.rows == 1 and 0.5 < (label == red).mean() < 1.0
-
-
-def test_hierarchy_capacities_are_exact_for_the_sparse_engine():
-    import jax
-
-    from ppt_jax import sparse
-
-    rng = np.random.default_rng(3)
-    grid = np.unique(rng.integers(0, 40, (300, 3)), axis=0).astype(np.int32)
-    n = 512
-    caps = predict.hierarchy_capacities([grid], n, 5, multiple=1)
-    brute = [len({tuple(p // 2 ** level) for p in grid}) for level in range(1, 5)]
-    assert caps == (n, *brute)
-    padded = np.zeros((n, 3), np.int32)
-    padded[:len(grid)] = grid
-    mask = np.arange(n) < len(grid)
-    build = jax.jit(sparse.build_hierarchy, static_argnums=2)
-    h = build(padded, mask, sparse.HierarchySpec(caps))
-    assert int(np.sum(h.dropped_sites)) == 0
-    tight = list(caps)
-    tight[2] -= 1                                 # one site short at level 2: the engine drops it
-    h = build(padded, mask, sparse.HierarchySpec(tuple(tight)))
-    assert int(h.dropped_sites[2]) == 1
 
 
 def test_georeferenced_clouds_keep_their_precision(tmp_path):

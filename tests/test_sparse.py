@@ -1,5 +1,6 @@
 """The sparse engine equals dense 3D convolutions (lax.conv_general_dilated on a dense grid) on random sites."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -409,6 +410,27 @@ def test_pair_overflow_is_counted_exactly_and_raised(pair_scene):
         sparse.check_hierarchy(small, "scene0")
     with pytest.raises(ValueError, match="multiple of pair_chunks"):
         sparse.HierarchySpec((400,), pair_capacities=(100,), pair_chunks=(64,))
+
+
+def test_exact_sizing_fits_the_rows_it_measured_and_nothing_less():
+    """Prediction's sizing (no margin, no scaling to the budget) on rows at any offset: the engine drops
+    nothing, and one site fewer at a level drops exactly one."""
+    rng = np.random.default_rng(3)
+    grid = np.unique(rng.integers(0, 40, (300, 3)), axis=0).astype(np.int32) + [5, 3, 17]
+    n = 512
+    stats = sparse.sizing.measure([grid])
+    spec = sparse.sizing.spec_from_stats(stats, n, margin=1.0, scale_to_budget=False, multiple=1)
+    brute = [len({tuple(p // 2 ** level) for p in grid}) for level in range(1, 5)]
+    assert spec.capacities == (n, *brute)
+    padded = np.zeros((n, 3), np.int32)
+    padded[:len(grid)] = grid
+    mask = np.arange(n) < len(grid)
+    h = build(padded, mask, spec)
+    assert int(np.sum(h.dropped_sites)) == 0 and int(np.sum(h.dropped_pairs)) == 0
+    tight = list(spec.capacities)
+    tight[2] -= 1
+    h = build(padded, mask, dataclasses.replace(spec, capacities=tuple(tight)))
+    assert int(h.dropped_sites[2]) == 1
 
 
 def test_sizing_measures_sites_and_pairs_like_the_hierarchy(scene):

@@ -49,8 +49,13 @@ def measure(crops, levels=LEVELS):
     """{'sites': (crops, levels), 'pairs': (crops, levels)} int arrays for voxel coords of each crop."""
     sites, pairs = [], []
     for coords in crops:
-        coords = np.asarray(coords, np.int32)
-        coords = coords - coords.min(axis=0)
+        coords = np.asarray(coords, np.int32).reshape(-1, 3)
+        if not len(coords):                      # an empty row of a padded batch needs nothing
+            sites.append([0] * levels)
+            pairs.append([0] * levels)
+            continue
+        # Non-negative keys; a shift by a multiple of 2**(levels - 1) leaves every level's sites as they are.
+        coords = coords - (coords.min(axis=0) >> (levels - 1) << (levels - 1))
         row_s, row_p = [], []
         for level in range(levels):
             level_sites = np.unique(coords >> level, axis=0)
@@ -62,8 +67,12 @@ def measure(crops, levels=LEVELS):
 
 
 def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=None,
-                    search_method="scan"):
+                    search_method="scan", scale_to_budget=True, multiple=MULTIPLE):
     """HierarchySpec for crops like the measured ones with a level-0 budget of `num_sites`.
+
+    scale_to_budget: training crops smaller than the budget stand for crops that fill it, so coarse levels
+    are scaled by budget / largest measured level 0; off for rows that are the exact inputs (prediction),
+    whose capacities are then the largest need times `margin`, rounded up to `multiple` sites.
 
     form "pairs" builds pair lists at `pair_levels` (default: every level). On CPU the exact-pair form pays
     at every level of an indoor crop, also at the coarse ones where 15 of 27 taps are active
@@ -74,8 +83,8 @@ def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=N
     pairs = np.asarray(stats["pairs"]).max(axis=0)
     levels = len(sites)
     # Coarser levels of a crop smaller than the budget: scale by the budget / measured level-0 ratio.
-    scale = num_sites / max(int(sites[0]), 1)
-    caps = [int(num_sites)] + [min(_round_up(s * scale * margin, MULTIPLE), int(num_sites))
+    scale = num_sites / max(int(sites[0]), 1) if scale_to_budget else 1.0
+    caps = [int(num_sites)] + [min(_round_up(s * scale * margin, multiple), int(num_sites))
                                for s in sites[1:]]
     chunks = [default_pair_chunk(c) for c in caps]
     pair_caps = []
