@@ -19,8 +19,8 @@ os.environ.setdefault(ENV_CACHE, compilation_cache.default_dir() + "-tests")   #
 compilation_cache.enable(os.environ[ENV_CACHE])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIP_BPE = os.path.join(REPO, "..", "shared", "clip", "bpe_simple_vocab_16e6.txt.gz")   # CLIP's own vocabulary
-needs_clip_bpe = pytest.mark.skipif(not os.path.isfile(CLIP_BPE), reason=f"CLIP BPE vocabulary absent: {CLIP_BPE}")
+DATA = os.path.join(REPO, "tests", "data")     # committed reference data (tests/data/README.md)
+CLIP_BPE = os.path.join(DATA, "bpe_simple_vocab_16e6.txt.gz")   # CLIP's own vocabulary
 
 
 def cpu_env(devices=1, **extra):

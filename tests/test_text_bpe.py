@@ -9,7 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from ppt_jax import labels  # noqa: E402
 from ppt_jax.text import bpe  # noqa: E402
-from conftest import CLIP_BPE, needs_clip_bpe  # noqa: E402
+from conftest import CLIP_BPE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,13 @@ def clip_tokenizer(bpe_dir):
     return bpe.clip_tokenizer_from_bpe(CLIP_BPE, bpe_dir)
 
 
-@needs_clip_bpe
 def test_real_vocabulary_gives_clip_ids(clip_tokenizer):
-    # The ids openai/CLIP's clip.tokenize gives (PROVENANCE.md); 49406/49407 = start/end of text.
+    # The ids openai/CLIP's clip.tokenize gives (tests/data/README.md); 49406/49407 = start/end of text.
     assert clip_tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert clip_tokenizer("a diagram")["input_ids"] == [49406, 320, 22697, 49407]
     assert len(clip_tokenizer) == 49408
 
 
-@needs_clip_bpe
 def test_fast_and_slow_tokenizers_agree_on_union_names(clip_tokenizer, bpe_dir):
     # The slow tokenizer is transformers' pure-Python BPE, the fast one the Rust library.
     from transformers import CLIPTokenizer

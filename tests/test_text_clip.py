@@ -14,7 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from ppt_jax import text  # noqa: E402
 from ppt_jax.text import bpe  # noqa: E402
 from ppt_jax.text.clip import random_params  # noqa: E402
-from conftest import CLIP_BPE, needs_clip_bpe  # noqa: E402
+from conftest import CLIP_BPE  # noqa: E402
 
 NAMES = ("chair", "table", "wall", "cat")
 MERGES = [("c", "h"), ("a", "i"), ("ch", "ai"), ("t", "a"), ("b", "l"), ("bl", "e</w>"), ("w", "a"), ("l", "l</w>")]
@@ -77,7 +77,6 @@ def test_text_features_of_a_full_clip_checkpoint(tiny_clip, tmp_path):
     np.testing.assert_allclose(emb, ref, atol=1e-5)
 
 
-@needs_clip_bpe
 def test_weights_without_tokenizer_files_use_the_bpe_file(tmp_path):
     merges = bpe.read_clip_merges(CLIP_BPE)
     model_dir = str(tmp_path / "clip_no_tokenizer")

@@ -13,9 +13,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from ppt_jax import labels, text  # noqa: E402
 from ppt_jax.text import cache, minilm, table  # noqa: E402
-from conftest import REPO  # noqa: E402
+from conftest import DATA, REPO  # noqa: E402
 
-REFERENCE = os.path.join(REPO, "..", "shared", "clip", "minilm_l6_v2_ppt36_meanpool_l2.npy")
+REFERENCE = os.path.join(DATA, "minilm_l6_v2_ppt36_meanpool_l2.npy")   # tests/data/README.md
 
 try:
     minilm.default_model_dir()
@@ -40,7 +40,6 @@ def test_unit_rows_of_dim_384(emb):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.skipif(not os.path.isfile(REFERENCE), reason=f"reference table absent: {REFERENCE}")
 def test_matches_the_independently_computed_table(emb):
     ref = np.load(REFERENCE).astype(np.float64)
     cos = np.sum(emb * ref, axis=1) / np.linalg.norm(ref, axis=1)
