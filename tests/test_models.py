@@ -1,6 +1,7 @@
 """PPT model: PDNorm statistics vs float64 numpy, padding invariance, per-dataset BN updates,
 zero-init identity, heads/masks per dataset, hand-computed language-guided loss, full-size count."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from configs import base
 from ppt_jax import labels, models, sparse
-from ppt_jax.models import heads, norm, spunet
+from ppt_jax.models import heads, norm, ptv3, spunet
 from ppt_jax.models.adapters import PromptAdd, PromptCrossAttention
 from ppt_jax.models.norm import PDNorm
 from ppt_jax.train.step import build_hierarchies
@@ -94,6 +95,14 @@ def train_step(small_batch):
 
 # ---------------------------------------------------------------- PDNorm vs float64 numpy
 
+def pdnorm(**kw):
+    """PDNorm over the 3 datasets with config.model's settings (the reference's), `kw` overriding them."""
+    m = base.model_config(DATASETS)
+    return PDNorm(**{"num_conditions": 3, "decouple": m.norm_decouple, "adaptive": m.norm_adaptive,
+                     "zero_init": m.zero_init, "momentum": m.bn_momentum, "epsilon": m.bn_epsilon,
+                     "group_size": m.bn_group_size, **kw})
+
+
 def numpy_pdnorm(x, mask, cond, params, ctx, group, eps=1e-3):
     """Reference: per (group, condition) masked biased stats, row's own affine, then modulation."""
     x = x.astype(np.float64)
@@ -122,7 +131,7 @@ def test_pdnorm_matches_numpy_mixed_batch(group):
     x[~mask] = 1e3                                   # padding garbage must not enter the stats
     cond = np.array([0, 1, 0, 2])
     ctx = rng.normal(size=(b, 16)).astype(np.float32)
-    norm = PDNorm(num_conditions=3, group_size=group)
+    norm = pdnorm(group_size=group)
     variables = norm.init(jax.random.PRNGKey(0), x, mask, cond, ctx, train=False)
     params = jax.tree_util.tree_map(np.asarray, variables["params"])
     params["scale"] = rng.normal(size=(3, c)).astype(np.float32)
@@ -145,13 +154,24 @@ def test_pdnorm_only_present_conditions_update():
     x = rng.normal(size=(2, 10, 4)).astype(np.float32)
     mask = np.ones((2, 10), bool)
     ctx = rng.normal(size=(2, 16)).astype(np.float32)
-    norm = PDNorm(num_conditions=3)
+    norm = pdnorm()
     v = norm.init(jax.random.PRNGKey(0), x, mask, np.array([1, 1]), ctx, train=False)
     for cond, moved in (([1, 1], {1}), ([0, 2], {0, 2})):
         _, upd = norm.apply(v, x, mask, np.array(cond), ctx, train=True, mutable=["batch_stats"])
         for d in range(3):
             changed = not np.array_equal(upd["batch_stats"]["mean"][d], v["batch_stats"]["mean"][d])
             assert changed == (d in moved), (cond, d)
+
+
+def test_ppt_holds_the_only_model_defaults():
+    """config.model is the one source of the model's settings: models.PPT holds their defaults
+    (configs/base.py copies them into config.model) and the modules it passes them to have none."""
+    for cls in (spunet.SpUNet, PDNorm, heads.DecoupledHead, heads.UnionHead, heads.LanguageHead, PromptAdd,
+                PromptCrossAttention):
+        own = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")
+               and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
+        assert not own, (cls.__name__, own)
+    assert not {"decouple", "bn_momentum", "bn_epsilon", "bn_group_size", "dtype"} & set(ptv3.defaults())
 
 
 def test_zero_init_is_identity():
@@ -161,10 +181,10 @@ def test_zero_init_is_identity():
     mask = np.ones((2, 9), bool)
     cond, ctx = np.array([0, 2]), rng.normal(size=(2, 16)).astype(np.float32)
     key = jax.random.PRNGKey(0)
-    plain = PDNorm(num_conditions=3, adaptive=False)
+    plain = pdnorm(adaptive=False)
     want = plain.apply(plain.init(key, x, mask, cond, ctx, False), x, mask, cond, ctx, False)
     for zero_init in (True, False):
-        norm = PDNorm(num_conditions=3, zero_init=zero_init)
+        norm = pdnorm(zero_init=zero_init)
         got = norm.apply(norm.init(key, x, mask, cond, ctx, False), x, mask, cond, ctx, False)
         assert np.allclose(got, want) == zero_init
     for adapter in (PromptAdd(zero_init=True), PromptCrossAttention(zero_init=True, tokens=3)):
@@ -349,7 +369,7 @@ def test_init_matches_reference(small_batch):
         bound = 1 / np.sqrt(8 * 32)
         assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
     ctx = np.ones((2, 256), np.float32)
-    v = jax.jit(PDNorm(3).init, static_argnums=5)(key, x, mask, cond, ctx, False)
+    v = jax.jit(pdnorm().init, static_argnums=5)(key, x, mask, cond, ctx, False)
     assert np.all(v["params"]["scale"] == 1) and np.all(v["params"]["bias"] == 0)
     mod = v["params"]["modulation"]
     assert abs(np.std(mod["kernel"]) - 0.02) < 0.001 and np.all(mod["bias"] == 0)

@@ -114,14 +114,16 @@ class PDNorm(nn.Module):
     adaptive=False: no modulation (the prompt is unused here).
     zero_init: zero the modulation Dense (the paper: identity at init); else trunc_normal(0.02)
     as the reference's configs (`zero_init=False`).
+    momentum, epsilon, group_size: `config.model.bn_momentum`, `bn_epsilon`, `bn_group_size`. No field
+    has a default here: `models.PPT` holds them all (the reference's) and its backbones pass them on.
     """
     num_conditions: int
-    decouple: bool = True
-    adaptive: bool = True
-    zero_init: bool = False
-    momentum: float = 0.99
-    epsilon: float = 1e-3
-    group_size: int = 0
+    decouple: bool
+    adaptive: bool
+    zero_init: bool
+    momentum: float
+    epsilon: float
+    group_size: int
 
     @nn.compact
     def __call__(self, x, mask, condition, context, train):

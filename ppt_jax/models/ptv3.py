@@ -320,7 +320,7 @@ class PTv3(nn.Module):
         del context                                   # PDNorm here is not adaptive (the reference's recipe)
         self._check(hierarchy)
         dt = self.dtype
-        bn = functools.partial(PDNorm, self.num_conditions, self.decouple, adaptive=False,
+        bn = functools.partial(PDNorm, self.num_conditions, self.decouple, adaptive=False, zero_init=False,
                                momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                group_size=self.bn_group_size)
         block = lambda ch, heads, level, rate, name: Block(
