@@ -1,0 +1,61 @@
+"""How much capacity margin the trainer's level sizing needs: the sites and pairs per level of many augmented
+training crops against the largest of the first `config.sparse.sizing_crops` (what the trainer measures).
+
+    python -m benchmarks.capacity_margin --config=configs/joint.py                 # the embedded default
+    python -m benchmarks.capacity_margin --config=configs/joint.py --crops=512 --workdir=/tmp/margin
+    python -m benchmarks.capacity_margin --config=configs/joint.py:reference   # real shards in its data dirs
+
+The trainer sizes every level as the largest measured crop x `config.sparse.capacity_margin`; a later
+crop beyond it overflows (`config.sparse.on_overflow`), a larger margin pads every step. Printed per level:
+the largest need of the first crops, the largest of all `--crops`, their ratio (the margin the data needed),
+the 99th percentile over all, and the padding the configured margin costs against the largest need.
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from ppt_jax import main as entry   # its flags: --config (with --config.* overrides), --workdir
+from ppt_jax.sparse import sizing
+from ppt_jax.train import setup
+
+_CROPS = flags.DEFINE_integer("crops", 256, "augmented training crops to measure")
+
+
+def margin_table(stats, first, margin):
+    """Rows per level and kind (sites, pairs): need of the first `first` crops, of all, ratio, padding."""
+    rows = []
+    for kind in ("sites", "pairs"):
+        a = np.asarray(stats[kind], np.float64)
+        for level in range(a.shape[1]):
+            head, top = a[:first, level].max(), a[:, level].max()
+            if top == 0:
+                continue
+            rows.append({"kind": kind, "level": level, "first": int(head), "all": int(top),
+                         "needed_margin": top / max(head, 1), "p99": float(np.percentile(a[:, level], 99)),
+                         "padding": 1 - top / (head * (1 if (kind, level) == ("sites", 0) else margin))})
+    return rows
+
+
+def main(argv):
+    del argv
+    config, out = entry.embedded_data(entry.FLAGS.config, entry.FLAGS.workdir or "/tmp/ppt_jax_margin")
+    if out and not os.path.exists(os.path.join(out, config.data.datasets[0], "train")):
+        entry.generate_synthetic(config, out)
+    config = config.copy_and_resolve_references()
+    first = config.sparse.sizing_crops
+    config.sparse.sizing_crops = max(_CROPS.value, first)
+    stats = sizing.measure(setup.train_crops(config))
+    print(f"{len(stats['sites'])} augmented crops of {config.name} (budget {config.data.num_sites} sites); "
+          f"the trainer measures the first {first}; margin {config.sparse.capacity_margin}")
+    print(f"{'':6}{'level':>6}{'first':>10}{'all':>10}{'needed':>8}{'p99':>10}{'padding':>9}")
+    for r in margin_table(stats, first, config.sparse.capacity_margin):
+        print(f"{r['kind']:6}{r['level']:>6}{r['first']:>10}{r['all']:>10}{r['needed_margin']:>8.3f}"
+              f"{r['p99']:>10.0f}{100 * r['padding']:>8.0f}%")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)
