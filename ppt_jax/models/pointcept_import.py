@@ -44,7 +44,8 @@ REF_PPT_CONDITIONS = ("Structured3D", "ScanNet", "S3DIS")
 # The reference pairs S3DIS labels with its text rows in union-index order (labels.valid_index): a
 # model holding its weights predicts what it predicts only with this order.
 S3DIS_ORDER = "code_faithful"
-_NORM_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var", "kernel": "weight"}
+"""Our leaf name -> the reference's tensor name (norms, Linear and conv weights)."""
 _NORM_MODULES = ("bn", "bn1", "bn2", "proj_norm")   # PDNorm module names (spunet.py)
 _SKIPPED = re.compile(r".*num_batches_tracked$")
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,29 +134,44 @@ class StateSource:
         return np.asarray(self.state[key], np.float32)
 
 
-def _norm_rows(src, prefix, leaf, n_rows, conditions, backbone_conditions, target):
-    """Stack a PDNorm leaf: (D, C) from bns.<i>.*, or (1, C) from a shared bn.*."""
-    name = _NORM_LEAVES[leaf]
-    if n_rows == 1 and f"{prefix}.bn.{name}" in src:
-        return src.take(f"{prefix}.bn.{name}", target)[None]
-    return np.stack([src.take(f"{prefix}.bns.{backbone_conditions.index(c)}.{name}", target)
+def norm_rows(src, shared, per_dataset, leaf, n_rows, conditions, backbone_conditions, target):
+    """A PDNorm leaf (D, C) stacked from the per-dataset norms `<per_dataset>.<i>.<name>` (i: the dataset's
+    index in `backbone_conditions`), or (1, C) from the shared norm `<shared>.<name>` if the model has one
+    row and the state dict has that norm (shared by the SpUNet and PTv3 importers)."""
+    name = LEAVES[leaf]
+    if n_rows == 1 and f"{shared}.{name}" in src:
+        return src.take(f"{shared}.{name}", target)[None]
+    return np.stack([src.take(f"{per_dataset}.{backbone_conditions.index(c)}.{name}", target)
                      for c in conditions])
 
 
-def _convert_leaf(src, path, shape, conditions, backbone_conditions, ppt_conditions):
+def wrapper_leaf(src, path, conditions, ppt_conditions):
+    """A leaf of PPT's own modules (prompt table, language head's projection, decoupled heads), taken in
+    the reference PPT order by dataset name; None for a backbone leaf (shared by both importers)."""
     target = "/".join(path)
     *mods, leaf = path
     if path == ("prompt_table",):
-        table = src.take("embedding_table.weight", target)
-        return table[[ppt_conditions.index(c) for c in conditions]]
+        return src.take("embedding_table.weight", target)[[ppt_conditions.index(c) for c in conditions]]
+    if mods == ["seg_head", "proj_head"]:
+        w = src.take(f"proj_head.{LEAVES[leaf]}", target)
+        return w.T if leaf == "kernel" else w
     m = re.fullmatch(r"seg_heads_(\d+)_(kernel|bias)", leaf)
-    if m:
-        d = ppt_conditions.index(conditions[int(m[1])])
-        w = src.take(f"seg_heads.{d}.{'weight' if m[2] == 'kernel' else 'bias'}", target)
+    if mods == ["seg_head"] and m:
+        w = src.take(f"seg_heads.{ppt_conditions.index(conditions[int(m[1])])}.{LEAVES[m[2]]}", target)
         return w.T if m[2] == "kernel" else w
+    return None
+
+
+def _convert_leaf(src, path, shape, conditions, backbone_conditions, ppt_conditions):
+    value = wrapper_leaf(src, path, conditions, ppt_conditions)
+    if value is not None:
+        return value
+    target = "/".join(path)
+    *mods, leaf = path
     prefix = _module_key(mods)
     if mods[-1] in _NORM_MODULES:
-        return _norm_rows(src, prefix, leaf, shape[0], conditions, backbone_conditions, target)
+        return norm_rows(src, f"{prefix}.bn", f"{prefix}.bns", leaf, shape[0], conditions, backbone_conditions,
+                         target)
     if mods[-1] == "modulation":
         prefix += ".1"                                    # Sequential(SiLU, Linear)
     if leaf == "bias":

@@ -23,15 +23,11 @@ Our module -> reference key prefix (module names of `ptv3.py`):
 
 import re
 
-import numpy as np
-
-from ppt_jax.models.pointcept_import import (REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, StateSource,
-                                             block_count, check_stem, fill_variables,
+from ppt_jax.models.pointcept_import import (LEAVES, REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, StateSource,
+                                             block_count, check_stem, fill_variables, norm_rows,
                                              normalize_keys, ppt_fields, required_shape,
-                                             spconv_to_taps)
+                                             spconv_to_taps, wrapper_leaf)
 
-_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
-           "kernel": "weight"}
 _NORMS = {"embedding_norm", "norm", "proj_norm", "proj_skip_norm", "cpe_norm", "norm1", "norm2"}
 _BLOCK = {"cpe_conv": "cpe.0", "cpe_linear": "cpe.1", "cpe_norm": "cpe.2", "norm1": "norm1.0",
           "qkv": "attn.qkv", "proj": "attn.proj", "norm2": "norm2.0", "mlp_fc1": "mlp.0.fc1",
@@ -58,32 +54,18 @@ def backbone_prefix(mods):
     return f"{stage}.{_BLOCK[name]}"
 
 
-def _norm_rows(src, prefix, leaf, rows, conditions, backbone_conditions, target):
-    name = _LEAVES[leaf]
-    if rows == 1 and f"{prefix}.{name}" in src.state:
-        return src.take(f"{prefix}.{name}", target)[None]
-    return np.stack([src.take(f"{prefix}.norm.{backbone_conditions.index(c)}.{name}", target)
-                     for c in conditions])
-
-
 def _convert_leaf(src, path, shape, conditions, backbone_conditions, ppt_conditions):
+    value = wrapper_leaf(src, path, conditions, ppt_conditions)
+    if value is not None:
+        return value
     target = "/".join(path)
     *mods, leaf = path
-    if path == ("prompt_table",):
-        return src.take("embedding_table.weight", target)[[ppt_conditions.index(c) for c in conditions]]
-    if mods == ["seg_head", "proj_head"]:
-        w = src.take(f"proj_head.{_LEAVES[leaf]}", target)
-        return w.T if leaf == "kernel" else w
-    m = re.fullmatch(r"seg_heads_(\d+)_(kernel|bias)", leaf)
-    if mods == ["seg_head"] and m:
-        w = src.take(f"seg_heads.{ppt_conditions.index(conditions[int(m[1])])}.{_LEAVES[m[2]]}", target)
-        return w.T if m[2] == "kernel" else w
     if mods[:1] != ["backbone"]:
         raise KeyError(f"no reference key for {target}")
     prefix = backbone_prefix(mods[1:])
     if mods[-1] in _NORMS:
-        return _norm_rows(src, prefix, leaf, shape[0], conditions, backbone_conditions, target)
-    w = src.take(f"{prefix}.{_LEAVES[leaf]}", target)
+        return norm_rows(src, prefix, f"{prefix}.norm", leaf, shape[0], conditions, backbone_conditions, target)
+    w = src.take(f"{prefix}.{LEAVES[leaf]}", target)
     if w.ndim == 5:
         return spconv_to_taps(w)
     return w.T if leaf == "kernel" else w
