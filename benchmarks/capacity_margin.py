@@ -8,7 +8,8 @@ training crops against the largest of the first `config.sparse.sizing_crops` (wh
 The trainer sizes every level as the largest measured crop x `config.sparse.capacity_margin`; a later
 crop beyond it overflows (`config.sparse.on_overflow`), a larger margin pads every step. Printed per level:
 the largest need of the first crops, the largest of all `--crops`, their ratio (the margin the data needed),
-the 99th percentile over all, and the padding the configured margin costs against the largest need.
+the 99th percentile over all, and the capacity the trainer's sizing gives from the first crops
+(`train.setup.hierarchy_spec`) with its padding against the largest need of all.
 """
 
 import os
@@ -24,18 +25,20 @@ from ppt_jax.train import setup
 _CROPS = flags.DEFINE_integer("crops", 256, "augmented training crops to measure")
 
 
-def margin_table(stats, first, margin):
-    """Rows per level and kind (sites, pairs): need of the first `first` crops, of all, ratio, padding."""
+def margin_table(stats, first, spec):
+    """Rows per level and kind (sites, pairs): need of the first `first` crops, of all, their ratio, the 99th
+    percentile, the capacity `spec` gives (sized from the first crops) and its padding against the largest need."""
+    caps = {"sites": spec.capacities, "pairs": spec.pair_capacities}
     rows = []
     for kind in ("sites", "pairs"):
         a = np.asarray(stats[kind], np.float64)
         for level in range(a.shape[1]):
-            head, top = a[:first, level].max(), a[:, level].max()
-            if top == 0:
+            head, top, cap = a[:first, level].max(), a[:, level].max(), caps[kind][level]
+            if top == 0 or cap == 0:
                 continue
             rows.append({"kind": kind, "level": level, "first": int(head), "all": int(top),
                          "needed_margin": top / max(head, 1), "p99": float(np.percentile(a[:, level], 99)),
-                         "padding": 1 - top / (head * (1 if (kind, level) == ("sites", 0) else margin))})
+                         "capacity": int(cap), "padding": 1 - top / cap})
     return rows
 
 
@@ -48,12 +51,14 @@ def main(argv):
     first = config.sparse.sizing_crops
     config.sparse.sizing_crops = max(_CROPS.value, first)
     stats = sizing.measure(setup.train_crops(config))
+    spec = setup.hierarchy_spec(config, config.data.num_sites, {k: v[:first] for k, v in stats.items()})
     print(f"{len(stats['sites'])} augmented crops of {config.name} (budget {config.data.num_sites} sites); "
           f"the trainer measures the first {first}; margin {config.sparse.capacity_margin}")
-    print(f"{'':6}{'level':>6}{'first':>10}{'all':>10}{'needed':>8}{'p99':>10}{'padding':>9}")
-    for r in margin_table(stats, first, config.sparse.capacity_margin):
+    print(f"{'':6}{'level':>6}{'first':>10}{'all':>10}{'needed':>8}{'p99':>10}{'capacity':>10}{'padding':>9}")
+    for r in margin_table(stats, first, spec):
         print(f"{r['kind']:6}{r['level']:>6}{r['first']:>10}{r['all']:>10}{r['needed_margin']:>8.3f}"
-              f"{r['p99']:>10.0f}{100 * r['padding']:>8.0f}%")
+              f"{r['p99']:>10.0f}{r['capacity']:>10}{100 * r['padding']:>8.0f}%"
+              + ("  OVERFLOW" if r["all"] > r["capacity"] else ""))
     sys.stdout.flush()
 
 
