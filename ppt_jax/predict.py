@@ -163,8 +163,8 @@ def _round_up(n, multiple):
 
 def exact_spec(batches, sparse_config):
     """HierarchySpec in which every row of `batches` fits: the trainer's sizing (`sparse.sizing`) on the rows
-    themselves, no margin, coarse levels rounded up to 256 sites so that scenes of similar size share one
-    compiled forward. No site or pair is ever dropped, whatever the scene's shape."""
+    themselves, no margin, sites rounded up to 256 and pairs to whole chunks per level (similar scenes may
+    share a compiled forward). No site or pair is ever dropped, whatever the scene's shape."""
     from ppt_jax.sparse import sizing
 
     rows = [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"])]
