@@ -188,7 +188,7 @@ def main():
             def thirteen_views():
                 votes = jnp.zeros((args.sites, max(labels.num_classes(d) for d in labels.DATASETS)), jnp.float32)
                 for _ in range(13):
-                    votes = vote(variables, votes, vbatch)
+                    votes, _ = vote(variables, votes, vbatch)
                 jax.block_until_ready(votes)
 
             t_vote = interleaved([thirteen_views], max(args.runs // 2, 1))[0]

@@ -219,13 +219,14 @@ class Predictor:
         return jnp.zeros((_round_up(rows, 1024), self.model.class_mask.shape[1]), jnp.float32)
 
     def vote(self, votes, batch, spec):
-        """votes + the batch's softmax at each row site's `index` (the trainer's vote step)."""
+        """votes + the batch's softmax at each row site's `index` (the trainer's vote step; `spec` is
+        `exact_spec` of these very batches, so nothing is ever beyond its capacities)."""
         from ppt_jax.train import step
 
         if spec not in self._steps:
             self._steps[spec] = step.make_vote_step(self.model, spec, self._mesh)
         keys = ("grid_coord", "mask", "feat", "condition", "index")
-        return self._steps[spec](self.variables, votes, {k: batch[k] for k in keys})
+        return self._steps[spec](self.variables, votes, {k: batch[k] for k in keys})[0]
 
 
 # ----------------------------------------------------------------------------- scenes

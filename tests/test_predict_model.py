@@ -85,3 +85,32 @@ def test_predict_errors_are_clear(export_dir, tmp_path, capsys):
     assert predict.main(["--checkpoint", export_dir, "--dataset", "scannet", "--input",
                          str(notply), "--out", str(tmp_path / "o")]) == 2
     assert f"{notply}: not a PLY file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_vote_step_counts_what_a_cut_hierarchy_drops(export_dir):
+    """Prediction's exact capacities drop nothing; one site short at level 1 is counted, not lost silently
+    (the trainer's --mode test raises on a non-zero count)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from ppt_jax.sparse import sizing
+    from ppt_jax.train import sharding, step
+
+    predictor = predict.Predictor(export_dir)
+    raw = synthetic.make_scene(labels.SCANNET, "room", seed=2, density=0.004)
+    cloud = predict.Cloud("room", raw["coord"].astype(np.float32), raw["color"],
+                          np.tile(np.float32([0, 0, 1]), (len(raw["coord"]), 1)), "room.ply")
+    batches, _ = predict._single_view(predictor, cloud, 0)
+    spec = predict.exact_spec(batches, predictor.config.sparse)
+    votes = lambda: jnp.zeros((batches[0]["mask"].shape[1], predictor.model.class_mask.shape[1]))  # donated
+    mesh = sharding.make_mesh()
+    _, dropped = step.make_vote_step(predictor.model, spec, mesh)(predictor.variables, votes(), batches[0])
+    assert int(dropped) == 0
+    caps = list(spec.capacities)
+    row = batches[0]["grid_coord"][0][batches[0]["mask"][0]]
+    caps[1] = int(sizing.measure([row])["sites"][0, 1]) - 1     # one site short of the need (no rounding)
+    tight = dataclasses.replace(spec, capacities=tuple(caps))
+    _, dropped = step.make_vote_step(predictor.model, tight, mesh)(predictor.variables, votes(), batches[0])
+    assert int(dropped) >= 1

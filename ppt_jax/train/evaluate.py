@@ -35,10 +35,12 @@ def variables_of(state):
 
 
 def eval_spec(run):
-    """Capacities that fit every validation row (measured once per work directory)."""
+    """Capacities that fit every validation row (measured once per work directory). Those rows are all the
+    rows eval will see, so their sizes are not scaled up to the budget; the margin covers the rotated and
+    flipped views of test-time voting."""
     cfg = run.config
     stats = setup.level_stats(run.workdir, "eval", lambda: setup.eval_crops(cfg))
-    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites, stats)
+    spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites, stats, scale_to_budget=False)
     setup.log_padding(spec, stats, "eval")
     return spec
 
@@ -77,8 +79,16 @@ def vote_test(run, variables):
         conf = np.zeros((run.num_classes, run.num_classes), np.int64)
         for scene in data.fragment_dataset(cfg.eval.val_dirs[name], name, cfg.data):
             votes = jnp.zeros((_bucket(scene["num_sites"]), run.num_classes), jnp.float32)
+            dropped = 0
             for batch in scene["batches"]:
-                votes = vote(variables, votes, run.device_batch(batch, keys))
+                votes, d = vote(variables, votes, run.device_batch(batch, keys))
+                dropped = dropped + d
+            if int(dropped):
+                raise ValueError(
+                    f"{name} scene {scene['scene']}: its test-time views need {int(dropped)} more sites or "
+                    f"pairs than the eval capacities measured on the validation rows "
+                    f"({run.workdir}/level_sizes_eval.json); raise config.sparse.capacity_margin (now "
+                    f"{cfg.sparse.capacity_margin}) and delete that file")
             pred = np.asarray(jnp.argmax(votes[:scene["num_sites"]], -1))[scene["inverse"]]
             conf += np.asarray(metrics.confusion(pred[None], scene["origin_segment"][None],
                                                  np.array([0]), 1, run.num_classes)[0])

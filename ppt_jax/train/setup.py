@@ -140,16 +140,18 @@ def build_model(config, table):
                       text_table=table)
 
 
-def hierarchy_spec(config, num_sites, stats=None):
+def hierarchy_spec(config, num_sites, stats=None, scale_to_budget=True):
     """HierarchySpec for crops of `num_sites` sites, sized from measured level sizes (`level_stats`) with
     `config.sparse.capacity_margin`, in the `config.sparse.conv_form`; without stats (shape-only uses,
-    e.g. initialising variables) every level holds `num_sites`."""
+    e.g. initialising variables) every level holds `num_sites`. scale_to_budget=False for measured rows
+    that are all the rows there will be (`sparse.sizing.spec_from_stats`)."""
     if stats is None:
         return sparse.HierarchySpec(capacities=(int(num_sites),) * sparse.sizing.LEVELS,
                                     search_method=config.sparse.search_method)
     return sparse.sizing.spec_from_stats(stats, int(num_sites), form=config.sparse.conv_form,
                                          margin=config.sparse.capacity_margin,
-                                         search_method=config.sparse.search_method)
+                                         search_method=config.sparse.search_method,
+                                         scale_to_budget=scale_to_budget)
 
 
 def train_crops(config):

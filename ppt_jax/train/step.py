@@ -93,10 +93,12 @@ def make_eval_step(model, spec, num_datasets, num_classes, mesh):
 
 
 def make_vote_step(model, spec, mesh):
-    """jit(variables, votes, batch) -> votes + this batch's softmax at each row site's stored site.
+    """jit(variables, votes, batch) -> (votes + this batch's softmax at each row site's stored site, the sites
+    and pairs the batch had beyond `spec`'s capacities).
 
     Test-time voting (docs/reference.md) batched on device: `batch["index"]` (B, N) is the stored site of each
-    row site (-1 at padding); votes (S, K) is one scene's running sum.
+    row site (-1 at padding); votes (S, K) is one scene's running sum. Rotated views can need more sites than the
+    rows the capacities were measured on: a non-zero count means some votes came from a cut hierarchy.
     """
 
     def vote_step(variables, votes, batch):
@@ -104,8 +106,9 @@ def make_vote_step(model, spec, mesh):
         logits = model.apply(variables, batch["feat"], h, batch["condition"], train=False)
         probs = jax.nn.softmax(logits, -1)
         index = jnp.where(batch["index"] >= 0, batch["index"], votes.shape[0])
-        return votes.at[index.reshape(-1)].add(probs.reshape(-1, probs.shape[-1]), mode="drop")
+        dropped = h.dropped_sites.sum() + h.dropped_pairs.sum()
+        return votes.at[index.reshape(-1)].add(probs.reshape(-1, probs.shape[-1]), mode="drop"), dropped
 
     shardings = (replicated(mesh), replicated(mesh), batch_sharding(mesh))
-    return jax.jit(vote_step, in_shardings=shardings, out_shardings=replicated(mesh),
+    return jax.jit(vote_step, in_shardings=shardings, out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=1)
