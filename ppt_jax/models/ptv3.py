@@ -13,10 +13,12 @@ The reference's operations map onto `ppt_jax.sparse` (docs/ptv3.md has the full 
   sample with fewer sites than `patch_size` is one shorter patch (`key_value_seq_lengths`), and
   padding sites are never keys.
 
-Module names follow the reference's state-dict keys (embedding_*, enc{s}_down, enc{s}_block{i},
-dec{s}_up, dec{s}_block{i}; inside blocks cpe_conv/cpe_linear/cpe_norm, norm1, attn/qkv, attn/proj, norm2,
-mlp_fc1, mlp_fc2), so that `ptv3_import` is a readable mapping and the optimizer's keyword "block" selects the same
-parameters as the reference's `param_dicts=[dict(keyword="block", ...)]`.
+Module names follow the reference's state-dict keys (embedding_*, enc{s}_down, dec{s}_up; inside blocks
+cpe_conv/cpe_linear/cpe_norm, norm1, attn/qkv, attn/proj, norm2, mlp_fc1, mlp_fc2), so that `ptv3_import` is
+a readable mapping. A stage's blocks run as one `nn.scan` (XLA compiles one block body per stage instead of
+one per block: 9 instead of the recipe's 30), so they are one module, enc{s}_blocks / dec{s}_blocks, whose
+leaves stack the reference's block{i} on a leading axis; every block parameter's path holds "block", so the
+optimizer's keyword "block" selects the same parameters as the reference's `param_dicts=[dict(keyword="block", ...)]`.
 
 Norms are PDNorm without prompt modulation (the reference's PPT recipe: pdnorm_bn, pdnorm_ln, decouple,
 not adaptive): a BatchNorm (`norm.PDNorm`) and a LayerNorm (`ConditionLayerNorm`) per dataset.
@@ -154,44 +156,51 @@ class SerializedAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """xCPE (subm conv + linear + LN, residual) -> pre-LN attention -> pre-LN MLP, DropPath on both."""
+    """xCPE (subm conv + linear + LN, residual) -> pre-LN attention -> pre-LN MLP, DropPath on both.
+
+    The body of a `jax.lax.scan` over a stage's blocks (`nn.scan`, parameters stacked on a leading
+    axis): x (B, N, C) is the carry, `step` this block's slice of the stage's per-block inputs
+    (layout, DropPath rate, from_skip), hierarchy, condition and skip are the same for every block.
+    from_skip: the xCPE conv reads `skip` instead of x (see PTv3.cpe_after_unpool; skip None: never).
+    drop_path: whether any block of the stage drops (a rate of 0 keeps every point exactly)."""
     channels: int
     num_heads: int
     level: int
     num_conditions: int
     decouple: bool
     mlp_ratio: float
-    drop_path: float
+    drop_path: bool
     ln_epsilon: float
     attention: str
     remat_attention: bool
     dtype: Any
+    train: bool
 
-    def _drop_path(self, y, train):
+    def _drop_path(self, y, rate):
         """timm DropPath on the reference's (points, C) features: drops whole points' residuals."""
-        if not train or self.drop_path == 0.0:
+        if not (self.train and self.drop_path):
             return y
-        keep = 1.0 - self.drop_path
+        keep = 1.0 - rate
         draw = jax.random.bernoulli(self.make_rng("dropout"), keep, y.shape[:-1] + (1,))
-        return y * (draw.astype(y.dtype) / keep)
+        return y * (draw.astype(y.dtype) / keep).astype(y.dtype)
 
     @nn.compact
-    def __call__(self, x, hierarchy, layout, condition, train, cpe_input=None):
-        """cpe_input: what the xCPE conv reads instead of x (see PTv3.cpe_after_unpool)."""
+    def __call__(self, x, step, hierarchy, condition, skip):
+        layout, rate, from_skip = step
         c, dt = self.channels, self.dtype
         ln = lambda name: ConditionLayerNorm(self.num_conditions, self.decouple, self.ln_epsilon, name=name)
         y = SparseConv(c, "subm", self.level, 3, True, dtype=dt, name="cpe_conv")(
-            x if cpe_input is None else cpe_input, hierarchy)
+            x if skip is None else jnp.where(from_skip, skip, x), hierarchy)
         y = _dense(c, c, "cpe_linear", dt)(y)
         x = x + ln("cpe_norm")(y, condition).astype(x.dtype)
         attention = nn.remat(SerializedAttention) if self.remat_attention else SerializedAttention
         y = attention(c, self.num_heads, self.attention, dt, name="attn")(ln("norm1")(x, condition), layout)
-        x = x + self._drop_path(y, train).astype(x.dtype)
+        x = x + self._drop_path(y, rate).astype(x.dtype)
         hidden = int(c * self.mlp_ratio)
         y = _gelu(_dense(hidden, c, "mlp_fc1", dt)(ln("norm2")(x, condition)))
         y = _dense(c, hidden, "mlp_fc2", dt)(y)
-        x = x + self._drop_path(y, train).astype(x.dtype)
-        return jnp.where(hierarchy.masks[self.level][..., None], x, 0)
+        x = x + self._drop_path(y, rate).astype(x.dtype)
+        return jnp.where(hierarchy.masks[self.level][..., None], x, 0), None
 
 
 def _children_max(z, children):
@@ -323,19 +332,25 @@ class PTv3(nn.Module):
         bn = functools.partial(PDNorm, self.num_conditions, self.decouple, adaptive=False, zero_init=False,
                                momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                group_size=self.bn_group_size)
-        block = lambda ch, heads, level, rate, name: Block(
-            ch, heads, level, self.num_conditions, self.decouple, self.mlp_ratio, rate, self.ln_epsilon,
-            self.attention, self.remat_attention, dt, name=name)
         finest = jax.vmap(serialization.depth)(hierarchy.coords[0], hierarchy.masks[0])
         schedule = self._order_schedule(train)
         layouts = {}
 
-        def layout(level, patch, i):
-            k = min(patch, hierarchy.masks[level].shape[-1])
-            if (level, k) not in layouts:
-                layouts[level, k] = level_layouts(hierarchy, level, finest, self.orders, k)
-            which = schedule[level][i % len(self.orders)]
-            return tuple(a[which] for a in layouts[level, k])
+        def blocks(x, part, s, rates, skip=None):
+            """The stage's blocks as one scan; block i attends in orders[schedule[s][i % len(orders)]]."""
+            channels, heads, patch = (getattr(self, f"{part}_{f}")[s] for f in ("channels", "heads", "patch_size"))
+            k = min(patch, hierarchy.masks[s].shape[-1])
+            if (s, k) not in layouts:
+                layouts[s, k] = level_layouts(hierarchy, s, finest, self.orders, k)
+            which = schedule[s][np.arange(len(rates)) % len(self.orders)]
+            from_skip = jnp.arange(len(rates)) == 0                 # the first block reads `skip`, if given
+            step = (tuple(a[which] for a in layouts[s, k]), jnp.asarray(rates, jnp.float32), from_skip)
+            scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=len(rates))
+            x, _ = scan(channels, heads, s, self.num_conditions, self.decouple, self.mlp_ratio, max(rates) > 0,
+                        self.ln_epsilon, self.attention, self.remat_attention, dt, train,
+                        name=f"{part}{s}_blocks")(x, step, hierarchy, condition, skip)
+            return x
 
         x = SparseConv(self.enc_channels[0], "subm", 0, 5, dtype=dt, name="embedding_conv")(feat, hierarchy)
         x = _gelu(bn(name="embedding_norm")(x, hierarchy.masks[0], condition, None, train))
@@ -345,16 +360,11 @@ class PTv3(nn.Module):
                 skips.append(x)
                 x = Pooling(self.enc_channels[s], s - 1, bn, dt, name=f"enc{s}_down")(
                     x, hierarchy, condition, train)
-            for i, rate in enumerate(rates):
-                x = block(self.enc_channels[s], self.enc_heads[s], s, rate, f"enc{s}_block{i}")(
-                    x, hierarchy, layout(s, self.enc_patch_size[s], i), condition, train)
+            x = blocks(x, "enc", s, rates)
         for s, rates in reversed(list(enumerate(_drop_path_rates(self.drop_path, self.dec_depths)))):
             x, skip = Unpooling(self.dec_channels[s], s, bn, dt, name=f"dec{s}_up")(
                 x, skips.pop(), hierarchy, condition, train)
-            for i, rate in enumerate(reversed(rates)):
-                stale = skip if i == 0 and self.cpe_after_unpool == "skip" else None
-                x = block(self.dec_channels[s], self.dec_heads[s], s, rate, f"dec{s}_block{i}")(
-                    x, hierarchy, layout(s, self.dec_patch_size[s], i), condition, train, stale)
+            x = blocks(x, "dec", s, rates[::-1], skip if self.cpe_after_unpool == "skip" else None)
         return jnp.where(hierarchy.masks[0][..., None], x.astype(jnp.float32), 0.0)
 
 

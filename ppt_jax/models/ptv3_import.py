@@ -16,12 +16,15 @@ Our module -> reference key prefix (module names of `ptv3.py`):
   enc{s}_down/proj, /norm              enc.enc{s}.down.proj, enc.enc{s}.down.norm.0
   dec{s}_up/proj, proj_norm            dec.dec{s}.up.proj.0, dec.dec{s}.up.proj.1
   dec{s}_up/proj_skip, proj_skip_norm  dec.dec{s}.up.proj_skip.0, dec.dec{s}.up.proj_skip.1
-  {enc,dec}{s}_block{i}/cpe_conv, cpe_linear, cpe_norm   ....block{i}.cpe.0, cpe.1, cpe.2
+  {enc,dec}{s}_blocks/cpe_conv, cpe_linear, cpe_norm   ....block{i}.cpe.0, cpe.1, cpe.2
   .../norm1, attn/qkv, attn/proj, norm2, mlp_fc1, mlp_fc2  norm1.0, attn.qkv, attn.proj, norm2.0,
                                                            mlp.0.fc1, mlp.0.fc2
+A stage's blocks are one scanned module (`ptv3.Block`): row i of each of its leaves is block{i}'s tensor.
 """
 
 import re
+
+import numpy as np
 
 from ppt_jax.models.pointcept_import import (LEAVES, REF_BACKBONE_CONDITIONS, REF_PPT_CONDITIONS, StateSource,
                                              block_count, check_stem, fill_variables, norm_rows,
@@ -60,6 +63,10 @@ def _convert_leaf(src, path, shape, conditions, backbone_conditions, ppt_conditi
         return value
     target = "/".join(path)
     *mods, leaf = path
+    stacked = re.fullmatch(r"(enc|dec)\d+_blocks", mods[1]) if mods[:1] == ["backbone"] else None
+    if stacked:                                       # block{i} of the stage -> row i
+        return np.stack([_convert_leaf(src, ("backbone", f"{mods[1][:-1]}{i}", *path[2:]), shape[1:], conditions,
+                                       backbone_conditions, ppt_conditions) for i in range(shape[0])])
     if mods[:1] != ["backbone"]:
         raise KeyError(f"no reference key for {target}")
     prefix = backbone_prefix(mods[1:])
