@@ -1,20 +1,25 @@
 """The trainer's PTv3 + PPT train step on one room crop, and Pointcept's PT-v3m1 on CPU beside it.
 
-    python -m benchmarks.ptv3_step                           # 100k sites, float32, the recipe's model
+    python -m benchmarks.ptv3_step --remat                   # 100k sites, float32, the recipe's model
     python -m benchmarks.ptv3_step --sites 4000 --runs 1     # quick look
-    python -m benchmarks.ptv3_step --remat                   # recompute attention in the backward pass
     python -m benchmarks.ptv3_step --sites 4000 --profile    # where the step's time goes
-    POINTCEPT_ROOT=/path/to/Pointcept /tmp/venv-ref/bin/python -m benchmarks.ptv3_step --peer[_only]
+    POINTCEPT_ROOT=/path/to/Pointcept /tmp/venv-ref/bin/python -m benchmarks.ptv3_step --remat --peer \
+        --peer_sites 4000,8000                               # both, in turns (Pointcept at other sizes)
+    ... --peer_only --sites 4000                             # Pointcept alone
 
 The step is `ppt_jax.train.step.make_train_step` with configs/joint_ptv3.py's model (PTv3 defaults:
 the reference's recipe), loss (CE + Lovasz) and optimizer (AdamW, "block" group, clipping), hierarchy
 built inside the step, on a 1-device mesh. The crop is benchmarks/sparse_conv.room_surface (a
 ScanNet-like room surface) with level capacities from `ppt_jax.sparse.sizing`. --peer (needs torch,
 spconv, timm, addict and a Pointcept checkout, see benchmarks/pointcept_reference.py) also times the
-reference's PPT-v1m1(PT-v3m1) forward + backward of the same crop on CPU (enable_flash=False, one torch
-thread: spconv's CPU kernels are only correct with one), and prints both parameter counts.
-Times are medians of --runs calls after a warm-up; the load average is printed at start and end. The
-process stops itself (exit 3, the figure printed) when its resident memory passes --max_rss_gib.
+reference's PPT-v1m1(PT-v3m1) forward + backward on CPU (enable_flash=False, one torch thread: spconv's
+CPU kernels are only correct with one) on crops of --peer_sites, in turns with ours, and prints both
+parameter counts. Its memory grows with the crop (each block keeps its (patches, heads, 1024, 1024)
+attention for the backward pass), so at 100k sites it is measured at smaller sizes and extrapolated
+along a line (time per site is constant once a level holds many patches), printed as such.
+Every run's seconds are printed with the median, after a first call of each whose peak resident memory
+(VmHWM, reset first) is the step's; the load average is printed at start, after each round and at the
+end. The process stops itself (exit 3, the figure printed) when its resident memory passes --max_rss_gib.
 """
 
 import argparse
@@ -27,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import step_profile
-from benchmarks.model_step import load, synthetic_batch, text_table
-from benchmarks.sparse_conv import interleaved, peak_rss_gb
+from benchmarks.model_step import load, step_peak_rss_gib, synthetic_batch, text_table
+from benchmarks.sparse_conv import peak_rss_gb
 from configs import joint_ptv3
 from ppt_jax import labels, sparse
 from ppt_jax.sparse import sizing
@@ -50,17 +55,25 @@ def build_step(batch, args):
                                 batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
                                 rng=jax.random.key_data(jax.random.PRNGKey(0)))
     train_step = step_lib.make_train_step(model, tx, lr_fn, spec, len(labels.DATASETS), mesh)
-    t0 = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
-    return spec, h, state, compiled, time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    lowered = train_step.lower(state, batch)
+    t1, c1 = time.perf_counter(), time.process_time()
+    compiled = lowered.compile()
+    t2, c2 = time.perf_counter(), time.process_time()
+    timing = f"lower {t1 - t0:.1f} s ({c1 - c0:.1f} s CPU), compile {t2 - t1:.1f} s ({c2 - c1:.1f} s CPU)"
+    return spec, h, state, compiled, timing
+
+
+def resident_gib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2**20
 
 
 def guard_rss(limit_gib):
     """Stop the process (exit 3, the figure printed) as soon as its resident memory passes the limit."""
     def watch():
         while True:
-            with open("/proc/self/status") as f:
-                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 2**20
+            rss = resident_gib()
             if rss > limit_gib:
                 print(f"stopped: resident memory {rss:.2f} GiB > --max_rss_gib {limit_gib}; {load()}", flush=True)
                 os._exit(3)
@@ -72,8 +85,9 @@ def count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def peer(batch, runs):
-    """Pointcept's PPT-v1m1(PT-v3m1 recipe, backbone_mode) forward + backward on the crop (seconds)."""
+def reference_steps(sizes):
+    """Pointcept's PPT-v1m1(PT-v3m1 recipe, backbone_mode) forward + backward on a crop of each size
+    (callables), and its backbone parameter count."""
     import torch
     from addict import Dict
 
@@ -83,17 +97,49 @@ def peer(batch, runs):
     cfg = dict(ref.RECIPE, enable_flash=False)
     model = ppt.PointPromptTraining(backbone=Dict(type="PT-v3m1", **cfg), criteria=[], backbone_mode=True)
     model.train()
-    n = int(batch["mask"].sum())
-    grid = torch.from_numpy(batch["grid_coord"][0, :n].astype(np.int32))
-    data = lambda: {"coord": grid.float() * 0.02, "grid_coord": grid, "offset": torch.tensor([n]),
-                    "feat": torch.from_numpy(batch["feat"][0, :n]), "condition": ["ScanNet"]}
 
-    def step():
-        model.zero_grad()
-        model(data()).square().mean().backward()
+    def step_for(n):
+        batch = synthetic_batch(n)
+        grid = torch.from_numpy(batch["grid_coord"][0].astype(np.int32))
+        data = lambda: {"coord": grid.float() * 0.02, "grid_coord": grid, "offset": torch.tensor([len(grid)]),
+                        "feat": torch.from_numpy(batch["feat"][0]), "condition": ["ScanNet"]}
 
-    (t,) = interleaved([step], runs)
-    return t, sum(p.numel() for p in model.backbone.parameters())
+        def step():
+            model.zero_grad()
+            model(data()).square().mean().backward()
+        return step
+
+    return [step_for(n) for n in sizes], sum(p.numel() for p in model.backbone.parameters())
+
+
+def in_turns(steps, runs):
+    """{name: (step peak RSS GiB, [seconds of each run])}: a first call of each (warm-up, its peak memory
+    measured), then `runs` rounds of one call each in turn, so that load drift hits all alike."""
+    peaks = {name: step_peak_rss_gib(fn) for name, fn in steps.items()}
+    times = {name: [] for name in steps}
+    for r in range(runs):
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()) + f"; {load()}",
+              flush=True)
+    return {name: (peaks[name], times[name]) for name in steps}
+
+
+def linear_fit(sizes, seconds, at):
+    """Least-squares line seconds = a + b * sites through the peer's sizes, evaluated at `at` sites."""
+    b, a = np.polyfit(np.asarray(sizes, float), np.asarray(seconds, float), 1)
+    return a + b * at
+
+
+def backbone_count():
+    """Backbone parameters of the recipe's model, from shapes only (a tiny hierarchy)."""
+    model = setup.build_model(joint_ptv3.get_config("reference"), text_table())
+    spec = sparse.HierarchySpec((64, 32, 16, 8, 8))
+    h = step_lib.build_hierarchies(jnp.zeros((1, 64, 3), jnp.int32), jnp.zeros((1, 64), bool), spec)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 6)), h, jnp.zeros((1,), jnp.int32))
+    return count(shapes["params"]["backbone"])
 
 
 def main():
@@ -103,55 +149,60 @@ def main():
     ap.add_argument("--form", default="pairs", help="sparse conv form: pairs | dense")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--remat", action="store_true", help="model.ptv3.remat_attention")
-    ap.add_argument("--peer", action="store_true", help="also time Pointcept's PT-v3m1 (torch, CPU)")
-    ap.add_argument("--peer_only", action="store_true",
-                    help="time only Pointcept's PT-v3m1 (its own peak memory; parameters of both counted)")
+    ap.add_argument("--peer", action="store_true", help="also time Pointcept's PT-v3m1 (torch, CPU), in turns")
+    ap.add_argument("--peer_only", action="store_true", help="time only Pointcept's PT-v3m1")
+    ap.add_argument("--peer_sites", default="",
+                    help="comma-separated crop sizes for Pointcept (default --sites); with other sizes than "
+                         "--sites its time there is also extrapolated along a line through them")
     ap.add_argument("--profile", action="store_true", help="per kind / level table from XLA's trace")
     ap.add_argument("--max_rss_gib", type=float, default=8.0, help="stop when resident memory passes this")
     args = ap.parse_args()
     guard_rss(args.max_rss_gib)
     print(f"start: {load()}; jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
-    batch = synthetic_batch(args.sites)
-    if args.peer_only:
-        cfg = joint_ptv3.get_config("reference")
-        model = setup.build_model(cfg, text_table())
-        spec = sparse.HierarchySpec((64, 32, 16, 8, 8))
-        h = step_lib.build_hierarchies(jnp.zeros((1, 64, 3), jnp.int32), jnp.zeros((1, 64), bool), spec)
-        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 6)), h, batch["condition"])
-        t_ref, n_ref = peer(batch, args.runs)
-        print(f"Pointcept PT-v3m1 (torch CPU, 1 thread, enable_flash=False), {args.sites} sites: forward + "
-              f"backward {t_ref:.2f} s; backbone parameters {n_ref:,} (ours {count(shapes['params']['backbone']):,}); "
-              f"peak RSS {peak_rss_gb():.2f} GiB; {load()}", flush=True)
-        return
-    t0, c0 = time.perf_counter(), time.process_time()
-    spec, h, state, compiled, compile_s = build_step(batch, args)
-    build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
-    params = state.params
-    print(f"ptv3 ({args.dtype}, remat {args.remat}, {args.form}): capacities {spec.capacities}; sites per level "
-          f"{[int(np.sum(np.asarray(m))) for m in h.masks]}; compile {compile_s:.1f} s (set-up + lower + compile "
-          f"{build_s:.1f} s, {build_cpu:.1f} s CPU); parameters: backbone {count(params['backbone']):,}, PPT total "
-          f"{count(params):,}", flush=True)
-    holder = {"state": state}
+    steps = {}
+    if not args.peer_only:
+        batch = synthetic_batch(args.sites)
+        t0, c0 = time.perf_counter(), time.process_time()
+        spec, h, state, compiled, timing = build_step(batch, args)
+        ours = count(state.params["backbone"])
+        print(f"ptv3 ({args.dtype}, remat {args.remat}, {args.form}), {args.sites} sites: capacities "
+              f"{spec.capacities}; sites per level {[int(np.sum(np.asarray(m))) for m in h.masks]}; {timing}; "
+              f"set-up + lower + compile {time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU); "
+              f"parameters: backbone {ours:,}, PPT total {count(state.params):,}; resident "
+              f"{resident_gib():.2f} GiB; {load()}", flush=True)
+        holder = {"state": state}
 
-    def run():
-        new, metrics = compiled(holder["state"], batch)
-        jax.block_until_ready(metrics)
-        holder["state"] = new
-
-    (t,) = interleaved([run], args.runs)
-    print(f"ptv3: train step {t:.2f} s ({args.sites / t:,.0f} sites/s); peak RSS {peak_rss_gb():.2f} GiB; "
-          f"{load()}", flush=True)
-    if args.profile:
+        def run():
+            new, metrics = compiled(holder["state"], batch)
+            jax.block_until_ready(metrics)
+            holder["state"] = new
+        steps["ptv3"] = run
+    else:
+        ours = backbone_count()
+    peer_sizes = [int(n) for n in args.peer_sites.split(",") if n] or [args.sites]
+    if args.peer or args.peer_only:
+        ref_steps, n_ref = reference_steps(peer_sizes)
+        steps.update({f"Pointcept {n}": fn for n, fn in zip(peer_sizes, ref_steps)})
+        same = "equal" if n_ref == ours else "DIFFERENT"
+        print(f"backbone parameters: Pointcept PT-v3m1 {n_ref:,}, ours {ours:,} ({same})", flush=True)
+    results = in_turns(steps, args.runs)
+    for name, (peak, times) in results.items():
+        n = args.sites if name == "ptv3" else int(name.split()[-1])
+        what = ("our train step (forward, loss, backward, AdamW)" if name == "ptv3" else
+                "Pointcept PT-v3m1 forward + backward (torch CPU, 1 thread, enable_flash=False)")
+        print(f"{what}, {n} sites: median {np.median(times):.2f} s over {len(times)} runs "
+              f"({', '.join(f'{t:.2f}' for t in times)}; {n / np.median(times):,.0f} sites/s); "
+              f"step peak RSS {peak:.2f} GiB (process)", flush=True)
+    if (args.peer or args.peer_only) and args.sites not in peer_sizes and len(peer_sizes) > 1:
+        medians = [np.median(results[f"Pointcept {n}"][1]) for n in peer_sizes]
+        print(f"Pointcept at {args.sites} sites, EXTRAPOLATED along the line through {peer_sizes}: "
+              f"{linear_fit(peer_sizes, medians, args.sites):.1f} s (not measured)", flush=True)
+    if args.profile and "ptv3" in steps:
         t0 = time.perf_counter()
-        table, total = step_profile.profile(run, (), compiled.as_text(), runs=1)
+        table, total = step_profile.profile(steps["ptv3"], (), compiled.as_text(), runs=1)
         step_profile.print_profile(table, total, time.perf_counter() - t0 - step_profile.LAST_WARMUP[0],
                                    (compiled.cost_analysis() or {}).get("flops"))
-    if args.peer:
-        t_ref, n_ref = peer(batch, args.runs)
-        print(f"Pointcept PT-v3m1 (torch CPU, 1 thread, enable_flash=False): forward + backward {t_ref:.2f} s; "
-              f"backbone parameters {n_ref:,} (ours {count(params['backbone']):,}); "
-              f"peak RSS {peak_rss_gb():.2f} GiB")
-    print(f"end: {load()}")
+    print(f"end: {load()}; process peak RSS {peak_rss_gb():.2f} GiB")
 
 
 if __name__ == "__main__":
