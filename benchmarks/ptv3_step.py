@@ -43,7 +43,8 @@ from ppt_jax.train import optim, setup, sharding, step as step_lib
 def build_step(batch, args):
     cfg = joint_ptv3.get_config("reference")      # the recipe's model (no shards needed to build it)
     cfg.model.dtype = args.dtype
-    cfg.model.ptv3.remat_attention = args.remat
+    cfg.model.ptv3.remat = args.remat
+    cfg.model.ptv3.attention_chunk = args.attention_chunk
     model = setup.build_model(cfg, text_table())
     spec = sizing.spec_for_batch(batch["grid_coord"], batch["mask"], form=args.form)
     tx, lr_fn = optim.make_optimizer(cfg.optim, max(args.runs + 2, 2))
@@ -60,7 +61,9 @@ def build_step(batch, args):
     t1, c1 = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
     t2, c2 = time.perf_counter(), time.process_time()
-    timing = f"lower {t1 - t0:.1f} s ({c1 - c0:.1f} s CPU), compile {t2 - t1:.1f} s ({c2 - c1:.1f} s CPU)"
+    memory = compiled.memory_analysis()
+    timing = (f"lower {t1 - t0:.1f} s ({c1 - c0:.1f} s CPU), compile {t2 - t1:.1f} s ({c2 - c1:.1f} s CPU); "
+              f"XLA temp buffer {memory.temp_size_in_bytes / 2**30:.2f} GiB")
     return spec, h, state, compiled, timing
 
 
@@ -148,7 +151,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--form", default="pairs", help="sparse conv form: pairs | dense")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--remat", action="store_true", help="model.ptv3.remat_attention")
+    ap.add_argument("--remat", default="block", help="model.ptv3.remat: none | attention | block")
+    ap.add_argument("--attention_chunk", type=int, default=0, help="model.ptv3.attention_chunk")
     ap.add_argument("--peer", action="store_true", help="also time Pointcept's PT-v3m1 (torch, CPU), in turns")
     ap.add_argument("--peer_only", action="store_true", help="time only Pointcept's PT-v3m1")
     ap.add_argument("--peer_sites", default="",
@@ -165,7 +169,8 @@ def main():
         t0, c0 = time.perf_counter(), time.process_time()
         spec, h, state, compiled, timing = build_step(batch, args)
         ours = count(state.params["backbone"])
-        print(f"ptv3 ({args.dtype}, remat {args.remat}, {args.form}), {args.sites} sites: capacities "
+        print(f"ptv3 ({args.dtype}, remat {args.remat}, attention_chunk {args.attention_chunk}, {args.form}), "
+              f"{args.sites} sites: capacities "
               f"{spec.capacities}; sites per level {[int(np.sum(np.asarray(m))) for m in h.masks]}; {timing}; "
               f"set-up + lower + compile {time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU); "
               f"parameters: backbone {ours:,}, PPT total {count(state.params):,}; resident "

@@ -47,12 +47,12 @@ def test_patch_layout_round_trip(n):
         assert np.all(index[j, kv_len[j]:] == num)
 
 
-def _attention(x, n_heads, k, mask, attention="auto", dtype=jnp.float32):
+def _attention(x, n_heads, k, mask, attention="auto", dtype=jnp.float32, chunk=0):
     """SerializedAttention on one batch row of sites in index order (the z order of a line)."""
     n = int(mask.sum())
     perm = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)]).astype(np.int32)
     layout = tuple(a[None] for a in layout_of(jnp.asarray(perm), n, k))
-    module = ptv3.SerializedAttention(x.shape[-1], n_heads, attention, dtype)
+    module = ptv3.SerializedAttention(x.shape[-1], n_heads, attention, dtype, chunk)
     variables = jax.jit(module.init)(jax.random.key(0), x[None], layout)
     return jax.jit(module.apply)(variables, x[None], layout)[0], variables["params"]
 
@@ -79,6 +79,18 @@ def test_attention_ignores_padding_and_is_dense_attention_within_one_patch():
     o = np.einsum("hts,shd->thd", att, v).reshape(-1, c)
     expected = o @ f64(params["proj"]["kernel"]) + f64(params["proj"]["bias"])
     np.testing.assert_allclose(np.asarray(out)[mask], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_in_chunks_of_patches_is_the_same_attention():
+    """model.ptv3.attention_chunk: 6 patches of 4 sites in chunks of 4 (a filled tail chunk), 5 (the
+    same) and 6 (one call); the short patches are the refilled and the empty ones."""
+    rng = np.random.default_rng(3)
+    mask = rng.random(24) < 0.8
+    x = rng.normal(size=(24, 8)).astype(np.float32)
+    full = np.asarray(_attention(x, 2, 4, mask)[0])
+    for chunk in (4, 5, 6):
+        out = np.asarray(_attention(x, 2, 4, mask, chunk=chunk)[0])
+        np.testing.assert_allclose(out[mask], full[mask], rtol=1e-6, atol=1e-6, err_msg=f"chunk {chunk}")
 
 
 def test_attention_implementation_per_platform():
@@ -200,6 +212,38 @@ def test_train_forward_compiles_once_and_is_deterministic():
     assert np.all(np.asarray(a)[~mask] == 0)
 
 
+def test_remat_and_attention_chunks_give_the_same_gradients():
+    """model.ptv3.remat recomputes and attention_chunk splits the same computation: the parameter
+    gradients of a train-mode objective (DropPath and order shuffling on, two-block scanned stages,
+    several patches per level) equal those without, to float32 round-off."""
+    spec = sparse.HierarchySpec((128, 96))
+    _, grid, mask = _hierarchy(0)
+    grid, mask, cond = grid[None], mask[None], jnp.array([0])
+    rng = np.random.default_rng(4)
+    feat = (rng.normal(size=(1, 128, 6)) * mask[..., None]).astype(np.float32)
+    probe = rng.normal(size=(1, 128, 8)).astype(np.float32)
+    h = build(jnp.asarray(grid[0]), jnp.asarray(mask[0]), spec)
+    h = jax.tree_util.tree_map(lambda a: a[None], h)
+    deep = (("enc_depths", (2, 2)), ("enc_patch_size", (16, 16)), ("dec_depths", (2,)), ("drop_path", 0.5))
+    model = lambda **settings: models.PPT(conditions=("ScanNet",), arch="ptv3", norm_adaptive=False,
+                                          head="decoupled", ptv3=TINY + deep + tuple(settings.items()))
+    variables = jax.jit(lambda: model().init(jax.random.key(0), feat, h, cond, train=False))()
+
+    def grads(**settings):
+        def objective(params):
+            out, _ = model(**settings).apply(dict(variables, params=params), feat, h, cond, train=True,
+                                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)},
+                                             method=models.PPT.features)
+            return jnp.sum(out * probe)
+        return jax.jit(jax.grad(objective))(variables["params"])
+
+    base = grads()
+    scale = max(np.abs(g).max() for g in jax.tree_util.tree_leaves(base))   # biases before a BN: ~0 + round-off
+    for settings in ({"remat": "attention"}, {"remat": "block", "attention_chunk": 3}):
+        close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale, err_msg=str(settings))
+        jax.tree_util.tree_map(close, grads(**settings), base)
+
+
 def test_config_errors_name_the_setting():
     with pytest.raises(ValueError, match="model.ptv3.dec_depths"):
         ptv3.PTv3(2, decouple=True, bn_momentum=0.99, bn_epsilon=1e-3, bn_group_size=0, dtype=jnp.float32,
@@ -210,6 +254,11 @@ def test_config_errors_name_the_setting():
                                     jax.tree_util.tree_map(lambda a: a[None], h), jnp.zeros((1,), jnp.int32))
     with pytest.raises(ValueError, match="norm_adaptive=False"):
         init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled"))
+    for setting, message in ((("remat", "all"), "model.ptv3.remat must be one of"),
+                             (("attention_chunk", -1), "model.ptv3.attention_chunk must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled", norm_adaptive=False,
+                            ptv3=(setting,)))
     with pytest.raises(ValueError, match="model.ptv3.bn_momentum is not a PTv3 setting"):
         init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled", norm_adaptive=False,
                         ptv3=(("bn_momentum", 0.9),)))

@@ -37,7 +37,7 @@ def test_imported_ptv3_finetunes_and_evaluates_through_main(imported, tmp_path):
     out = _main("--config=configs/finetune.py:ptv3,tiny", *flags[1:], f"--workdir={tmp_path / 'F'}",
                 "--config.train.steps=3")
     assert out.stderr.count("Compiling jit(train_step)") == 1, out.stderr[-3000:]
-    assert _records(tmp_path / "F", "start")[0]["init_arrays_loaded"] == 224    # every array of the import
+    assert _records(tmp_path / "F", "start")[0]["init_arrays_loaded"] == 188    # every array of the import
     losses = [r["last_loss"] for r in _records(tmp_path / "F", "train")]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert "PPT per-dataset results after 3 steps" in out.stdout

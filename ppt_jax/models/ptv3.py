@@ -40,6 +40,7 @@ from ppt_jax.models.norm import PDNorm
 from ppt_jax.sparse import serialization
 
 ATTENTION = ("auto", "xla", "cudnn")
+REMAT = ("none", "attention", "block")
 CPE_AFTER_UNPOOL = ("skip", "sum")
 
 
@@ -131,12 +132,29 @@ def level_layouts(hierarchy, level, finest_depth, orders, k):
     return tuple(jnp.moveaxis(a, 1, 0) for a in (index, kv_len, position))
 
 
+def _attend(q, key, v, kv_len, implementation, chunk):
+    """`jax.nn.dot_product_attention` of patches q, key, v (P, k, H, D), kv_len (P,), `chunk` patches per
+    call in a loop (0 or P <= chunk: one call); the tail chunk is filled with one-key patches, dropped."""
+    call = lambda a: jax.nn.dot_product_attention(*a[:3], key_value_seq_lengths=a[3],
+                                                  implementation=implementation)
+    num = q.shape[0]
+    if not chunk or num <= chunk:
+        return call((q, key, v, kv_len))
+    fill = -num % chunk
+    pad = lambda a, value=0: jnp.pad(a, [(0, fill)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
+    parts = [pad(q), pad(key), pad(v), pad(kv_len, 1)]
+    out = jax.lax.map(call, tuple(a.reshape((-1, chunk) + a.shape[1:]) for a in parts))
+    return out.reshape((-1,) + out.shape[2:])[:num]
+
+
 class SerializedAttention(nn.Module):
-    """Multi-head self-attention inside the patches of one order: x (B, N, C) -> (B, N, C)."""
+    """Multi-head self-attention inside the patches of one order: x (B, N, C) -> (B, N, C).
+    chunk: patches per attention call (PTv3.attention_chunk)."""
     channels: int
     num_heads: int
     attention: str
     dtype: Any
+    chunk: int = 0
 
     @nn.compact
     def __call__(self, x, layout):
@@ -149,8 +167,7 @@ class SerializedAttention(nn.Module):
         tokens = jnp.take_along_axis(qkv, index.reshape(b, p * k, 1), axis=1)
         q, key, v = jnp.moveaxis(tokens.reshape(b * p, k, 3, h, c // h), 2, 0)
         implementation = attention_implementation(self.attention, q.dtype, c // h, attention_platform())
-        out = jax.nn.dot_product_attention(q, key, v, key_value_seq_lengths=kv_len.reshape(-1),
-                                           implementation=implementation)
+        out = _attend(q, key, v, kv_len.reshape(-1), implementation, self.chunk)
         out = jnp.take_along_axis(out.reshape(b, p * k, c), position[..., None], axis=1)
         return _dense(c, c, "proj", self.dtype)(out)
 
@@ -172,6 +189,7 @@ class Block(nn.Module):
     drop_path: bool
     ln_epsilon: float
     attention: str
+    attention_chunk: int
     remat_attention: bool
     dtype: Any
     train: bool
@@ -194,7 +212,8 @@ class Block(nn.Module):
         y = _dense(c, c, "cpe_linear", dt)(y)
         x = x + ln("cpe_norm")(y, condition).astype(x.dtype)
         attention = nn.remat(SerializedAttention) if self.remat_attention else SerializedAttention
-        y = attention(c, self.num_heads, self.attention, dt, name="attn")(ln("norm1")(x, condition), layout)
+        y = attention(c, self.num_heads, self.attention, dt, self.attention_chunk, name="attn")(
+            ln("norm1")(x, condition), layout)
         x = x + self._drop_path(y, rate).astype(x.dtype)
         hidden = int(c * self.mlp_ratio)
         y = _gelu(_dense(hidden, c, "mlp_fc1", dt)(ln("norm2")(x, condition)))
@@ -264,8 +283,13 @@ class PTv3(nn.Module):
     stage s of the encoder runs at hierarchy level s, so the hierarchy needs len(enc_depths) levels.
     attention: `jax.nn.dot_product_attention` implementation: "auto" (cuDNN flash attention on NVIDIA
     GPUs in bfloat16/float16, else XLA: `attention_implementation`), "xla" or "cudnn".
-    remat_attention: recompute each block's attention in the backward pass instead of keeping its
-    (patches, heads, k, k) probabilities (the XLA path's memory; same numbers).
+    attention_chunk: patches per attention call, in a loop (0: all of a level's patches at once): the
+    XLA path's (patches, heads, k, k) logits and probabilities (4 MiB per patch and head at k = 1024 in
+    float32) then exist for that many patches at a time, in the backward pass too when it recomputes
+    them (remat); same numbers.
+    remat: what the backward pass recomputes instead of keeping from the forward (same numbers):
+    "none"; "attention": each block's attention (its (patches, heads, k, k) probabilities are then
+    never kept); "block": each whole block (only the blocks' inputs are kept; one more forward).
     cpe_after_unpool: what the xCPE conv of a decoder stage's first block reads. "skip" (the reference,
     whose unpooling updates the point features but not the sparse tensor the conv reads): the projected
     skip features only; "sum": the unpooled sum, as the fix proposed upstream (docs/ptv3.md).
@@ -291,7 +315,8 @@ class PTv3(nn.Module):
     ln_epsilon: float = 1e-5
     cpe_after_unpool: str = "skip"
     attention: str = "auto"
-    remat_attention: bool = False
+    attention_chunk: int = 0
+    remat: str = "none"
 
     def _check(self, hierarchy):
         stages = len(self.enc_depths)
@@ -312,6 +337,10 @@ class PTv3(nn.Module):
                              f"got {self.cpe_after_unpool!r}")
         if self.attention not in ATTENTION:
             raise ValueError(f"model.ptv3.attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.remat not in REMAT:
+            raise ValueError(f"model.ptv3.remat must be one of {REMAT}, got {self.remat!r}")
+        if self.attention_chunk < 0:
+            raise ValueError(f"model.ptv3.attention_chunk must be >= 0 (0: no chunks), got {self.attention_chunk}")
         for c, h in zip(self.enc_channels + self.dec_channels, self.enc_heads + self.dec_heads):
             if c % h:
                 raise ValueError(f"model.ptv3: {c} channels do not split into {h} heads")
@@ -345,11 +374,12 @@ class PTv3(nn.Module):
             which = schedule[s][np.arange(len(rates)) % len(self.orders)]
             from_skip = jnp.arange(len(rates)) == 0                 # the first block reads `skip`, if given
             step = (tuple(a[which] for a in layouts[s, k]), jnp.asarray(rates, jnp.float32), from_skip)
-            scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            body = nn.remat(Block, prevent_cse=False) if self.remat == "block" else Block
+            scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=len(rates))
             x, _ = scan(channels, heads, s, self.num_conditions, self.decouple, self.mlp_ratio, max(rates) > 0,
-                        self.ln_epsilon, self.attention, self.remat_attention, dt, train,
-                        name=f"{part}{s}_blocks")(x, step, hierarchy, condition, skip)
+                        self.ln_epsilon, self.attention, self.attention_chunk, self.remat == "attention", dt,
+                        train, name=f"{part}{s}_blocks")(x, step, hierarchy, condition, skip)
             return x
 
         x = SparseConv(self.enc_channels[0], "subm", 0, 5, dtype=dt, name="embedding_conv")(feat, hierarchy)
