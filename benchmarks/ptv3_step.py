@@ -1,15 +1,18 @@
 """The trainer's PTv3 + PPT train step on one room crop, and Pointcept's PT-v3m1 on CPU beside it.
 
-    python -m benchmarks.ptv3_step --remat                   # 100k sites, float32, the recipe's model
+    python -m benchmarks.ptv3_step                           # 100k sites, float32, the recipe's model
     python -m benchmarks.ptv3_step --sites 4000 --runs 1     # quick look
     python -m benchmarks.ptv3_step --sites 4000 --profile    # where the step's time goes
-    POINTCEPT_ROOT=/path/to/Pointcept /tmp/venv-ref/bin/python -m benchmarks.ptv3_step --remat --peer \
+    POINTCEPT_ROOT=/path/to/Pointcept /tmp/venv-ref/bin/python -m benchmarks.ptv3_step --peer \
         --peer_sites 4000,8000                               # both, in turns (Pointcept at other sizes)
     ... --peer_only --sites 4000                             # Pointcept alone
 
 The step is `ppt_jax.train.step.make_train_step` with configs/joint_ptv3.py's model (PTv3 defaults:
 the reference's recipe), loss (CE + Lovasz) and optimizer (AdamW, "block" group, clipping), hierarchy
-built inside the step, on a 1-device mesh. The crop is benchmarks/sparse_conv.room_surface (a
+built inside the step, on a 1-device mesh, with what the backward pass recomputes and the attention
+chunks set by --remat / --attention_chunk (model.ptv3.remat / attention_chunk; same numbers): by
+default whole blocks and 16 patches per call, which the 100k-site step needs to stay near 8 GiB
+(benchmarks/README.md has the XLA temp buffer of each choice). The crop is benchmarks/sparse_conv.room_surface (a
 ScanNet-like room surface) with level capacities from `ppt_jax.sparse.sizing`. --peer (needs torch,
 spconv, timm, addict and a Pointcept checkout, see benchmarks/pointcept_reference.py) also times the
 reference's PPT-v1m1(PT-v3m1) forward + backward on CPU (enable_flash=False, one torch thread: spconv's
@@ -152,7 +155,7 @@ def main():
     ap.add_argument("--form", default="pairs", help="sparse conv form: pairs | dense")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--remat", default="block", help="model.ptv3.remat: none | attention | block")
-    ap.add_argument("--attention_chunk", type=int, default=0, help="model.ptv3.attention_chunk")
+    ap.add_argument("--attention_chunk", type=int, default=16, help="model.ptv3.attention_chunk")
     ap.add_argument("--peer", action="store_true", help="also time Pointcept's PT-v3m1 (torch, CPU), in turns")
     ap.add_argument("--peer_only", action="store_true", help="time only Pointcept's PT-v3m1")
     ap.add_argument("--peer_sites", default="",

@@ -134,7 +134,9 @@ def level_layouts(hierarchy, level, finest_depth, orders, k):
 
 def _attend(q, key, v, kv_len, implementation, chunk):
     """`jax.nn.dot_product_attention` of patches q, key, v (P, k, H, D), kv_len (P,), `chunk` patches per
-    call in a loop (0 or P <= chunk: one call); the tail chunk is filled with one-key patches, dropped."""
+    call in a loop (0 or P <= chunk: one call); the tail chunk is filled with one-key patches, dropped.
+    A chunk's logits are recomputed in the backward pass (jax.checkpoint), so that the loop's backward
+    does not keep every chunk's: one chunk's exist at a time in either pass."""
     call = lambda a: jax.nn.dot_product_attention(*a[:3], key_value_seq_lengths=a[3],
                                                   implementation=implementation)
     num = q.shape[0]
@@ -142,8 +144,8 @@ def _attend(q, key, v, kv_len, implementation, chunk):
         return call((q, key, v, kv_len))
     fill = -num % chunk
     pad = lambda a, value=0: jnp.pad(a, [(0, fill)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
-    parts = [pad(q), pad(key), pad(v), pad(kv_len, 1)]
-    out = jax.lax.map(call, tuple(a.reshape((-1, chunk) + a.shape[1:]) for a in parts))
+    parts = tuple(a.reshape((-1, chunk) + a.shape[1:]) for a in (pad(q), pad(key), pad(v), pad(kv_len, 1)))
+    out = jax.lax.map(jax.checkpoint(call, prevent_cse=False), parts)
     return out.reshape((-1,) + out.shape[2:])[:num]
 
 
@@ -285,8 +287,8 @@ class PTv3(nn.Module):
     GPUs in bfloat16/float16, else XLA: `attention_implementation`), "xla" or "cudnn".
     attention_chunk: patches per attention call, in a loop (0: all of a level's patches at once): the
     XLA path's (patches, heads, k, k) logits and probabilities (4 MiB per patch and head at k = 1024 in
-    float32) then exist for that many patches at a time, in the backward pass too when it recomputes
-    them (remat); same numbers.
+    float32) then exist for that many patches at a time, in both passes (the backward pass recomputes
+    each chunk's); same numbers.
     remat: what the backward pass recomputes instead of keeping from the forward (same numbers):
     "none"; "attention": each block's attention (its (patches, heads, k, k) probabilities are then
     never kept); "block": each whole block (only the blocks' inputs are kept; one more forward).
