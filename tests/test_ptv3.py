@@ -258,7 +258,7 @@ def test_config_errors_name_the_setting():
                              (("attention_chunk", -1), "model.ptv3.attention_chunk must be >= 0")):
         with pytest.raises(ValueError, match=message):
             init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled", norm_adaptive=False,
-                            ptv3=(setting,)))
+                            ptv3=TINY + (setting,)))
     with pytest.raises(ValueError, match="model.ptv3.bn_momentum is not a PTv3 setting"):
         init(models.PPT(conditions=("ScanNet",), arch="ptv3", head="decoupled", norm_adaptive=False,
                         ptv3=(("bn_momentum", 0.9),)))
