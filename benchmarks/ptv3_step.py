@@ -18,8 +18,9 @@ spconv, timm, addict and a Pointcept checkout, see benchmarks/pointcept_referenc
 reference's PPT-v1m1(PT-v3m1) forward + backward on CPU (enable_flash=False, one torch thread: spconv's
 CPU kernels are only correct with one) on crops of --peer_sites, in turns with ours, and prints both
 parameter counts. Its memory grows with the crop (each block keeps its (patches, heads, 1024, 1024)
-attention for the backward pass), so at 100k sites it is measured at smaller sizes and extrapolated
-along a line (time per site is constant once a level holds many patches), printed as such.
+attention for the backward pass), so at 100k sites it is measured at smaller sizes and extrapolated,
+printed as such: a line through the sizes, and the largest size's time per site. Both are likely low:
+its coarse levels attend within patches of min(sites of the level, 1024), which grow with the crop.
 Every run's seconds are printed with the median, after a first call of each whose peak resident memory
 (VmHWM, reset first) is the step's; the load average is printed at start, after each round and at the
 end. The process stops itself (exit 3, the figure printed) when its resident memory passes --max_rss_gib.
@@ -133,10 +134,11 @@ def in_turns(steps, runs):
     return {name: (peaks[name], times[name]) for name in steps}
 
 
-def linear_fit(sizes, seconds, at):
-    """Least-squares line seconds = a + b * sites through the peer's sizes, evaluated at `at` sites."""
+def extrapolate(sizes, seconds, at):
+    """Two estimates of the time at `at` sites: the least-squares line through (sizes, seconds), and the
+    largest size's seconds per site times `at`."""
     b, a = np.polyfit(np.asarray(sizes, float), np.asarray(seconds, float), 1)
-    return a + b * at
+    return a + b * at, seconds[-1] / sizes[-1] * at
 
 
 def backbone_count():
@@ -202,9 +204,10 @@ def main():
               f"({', '.join(f'{t:.2f}' for t in times)}; {n / np.median(times):,.0f} sites/s); "
               f"step peak RSS {peak:.2f} GiB (process)", flush=True)
     if (args.peer or args.peer_only) and args.sites not in peer_sizes and len(peer_sizes) > 1:
-        medians = [np.median(results[f"Pointcept {n}"][1]) for n in peer_sizes]
-        print(f"Pointcept at {args.sites} sites, EXTRAPOLATED along the line through {peer_sizes}: "
-              f"{linear_fit(peer_sizes, medians, args.sites):.1f} s (not measured)", flush=True)
+        sizes = sorted(peer_sizes)
+        line, rate = extrapolate(sizes, [np.median(results[f"Pointcept {n}"][1]) for n in sizes], args.sites)
+        print(f"Pointcept at {args.sites} sites, EXTRAPOLATED (not measured): {line:.1f} s along the line through "
+              f"{sizes}, {rate:.1f} s at the {sizes[-1]}-site crop's time per site", flush=True)
     if args.profile and "ptv3" in steps:
         t0 = time.perf_counter()
         table, total = step_profile.profile(steps["ptv3"], (), compiled.as_text(), runs=1)
