@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import flax.linen as nn
 import numpy as np
 
@@ -41,6 +42,7 @@ from ppt_jax.sparse import serialization
 
 ATTENTION = ("auto", "xla", "cudnn")
 REMAT = ("none", "attention", "block")
+_SAVED_BY_BLOCK_REMAT = "ptv3_attention_output"      # remat="block" keeps it: no attention forward to redo
 CPE_AFTER_UNPOOL = ("skip", "sum")
 
 
@@ -132,13 +134,27 @@ def level_layouts(hierarchy, level, finest_depth, orders, k):
     return tuple(jnp.moveaxis(a, 1, 0) for a in (index, kv_len, position))
 
 
+def _xla_attention(q, key, v, kv_len):
+    """softmax(q k^T / sqrt(D)) v of patches q, key, v (P, k, H, D), keys from kv_len (P,) on masked out;
+    logits and softmax in float32. What `jax.nn.dot_product_attention(implementation="xla")` computes, with
+    the mask broadcast from (P, 1, 1, k) instead of combined into a (P, H, k, k) array, which its backward
+    pass then reads: 2.4x faster forward + backward on CPU (benchmarks/README.md). The query is scaled
+    before the product, as the reference does."""
+    logits = jnp.einsum("ptnh,psnh->pnts", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), key,
+                        preferred_element_type=jnp.float32)
+    valid = jnp.arange(key.shape[1]) < kv_len[:, None]
+    logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min / 2)
+    return jnp.einsum("pnts,psnh->ptnh", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+
+
 def _attend(q, key, v, kv_len, implementation, chunk):
-    """`jax.nn.dot_product_attention` of patches q, key, v (P, k, H, D), kv_len (P,), `chunk` patches per
-    call in a loop (0 or P <= chunk: one call); the tail chunk is filled with one-key patches, dropped.
-    A chunk's logits are recomputed in the backward pass (jax.checkpoint), so that the loop's backward
-    does not keep every chunk's: one chunk's exist at a time in either pass."""
-    call = lambda a: jax.nn.dot_product_attention(*a[:3], key_value_seq_lengths=a[3],
-                                                  implementation=implementation)
+    """Attention of patches q, key, v (P, k, H, D), kv_len (P,): `_xla_attention` or
+    `jax.nn.dot_product_attention` (cuDNN), `chunk` patches per call in a loop (0 or P <= chunk: one
+    call); the tail chunk is filled with one-key patches, dropped. A chunk's logits are recomputed in
+    the backward pass (jax.checkpoint), so that the loop's backward does not keep every chunk's: one
+    chunk's exist at a time in either pass."""
+    call = (lambda a: _xla_attention(*a)) if implementation == "xla" else (
+        lambda a: jax.nn.dot_product_attention(*a[:3], key_value_seq_lengths=a[3], implementation=implementation))
     num = q.shape[0]
     if not chunk or num <= chunk:
         return call((q, key, v, kv_len))
@@ -216,6 +232,7 @@ class Block(nn.Module):
         attention = nn.remat(SerializedAttention) if self.remat_attention else SerializedAttention
         y = attention(c, self.num_heads, self.attention, dt, self.attention_chunk, name="attn")(
             ln("norm1")(x, condition), layout)
+        y = checkpoint_name(y, _SAVED_BY_BLOCK_REMAT)
         x = x + self._drop_path(y, rate).astype(x.dtype)
         hidden = int(c * self.mlp_ratio)
         y = _gelu(_dense(hidden, c, "mlp_fc1", dt)(ln("norm2")(x, condition)))
@@ -291,7 +308,9 @@ class PTv3(nn.Module):
     each chunk's); same numbers.
     remat: what the backward pass recomputes instead of keeping from the forward (same numbers):
     "none"; "attention": each block's attention (its (patches, heads, k, k) probabilities are then
-    never kept); "block": each whole block (only the blocks' inputs are kept; one more forward).
+    never kept); "block": each whole block but its attention's output (only the blocks' inputs and
+    attention outputs, (N, C) each, are kept; one more forward of the rest, and of the attention only
+    where its backward needs it: with attention_chunk, each chunk's logits).
     cpe_after_unpool: what the xCPE conv of a decoder stage's first block reads. "skip" (the reference,
     whose unpooling updates the point features but not the sparse tensor the conv reads): the projected
     skip features only; "sum": the unpooled sum, as the fix proposed upstream (docs/ptv3.md).
@@ -376,7 +395,8 @@ class PTv3(nn.Module):
             which = schedule[s][np.arange(len(rates)) % len(self.orders)]
             from_skip = jnp.arange(len(rates)) == 0                 # the first block reads `skip`, if given
             step = (tuple(a[which] for a in layouts[s, k]), jnp.asarray(rates, jnp.float32), from_skip)
-            body = nn.remat(Block, prevent_cse=False) if self.remat == "block" else Block
+            body = Block if self.remat != "block" else nn.remat(
+                Block, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(_SAVED_BY_BLOCK_REMAT))
             scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=len(rates))
             x, _ = scan(channels, heads, s, self.num_conditions, self.decouple, self.mlp_ratio, max(rates) > 0,
