@@ -7,11 +7,11 @@ The reference's operations map onto `ppt_jax.sparse` (docs/ptv3.md has the full 
 - each level's sites are ordered along the space-filling curves of `sparse.serialization` at depth
   d - l (d from the sample's finest coordinates), one order per block in turn (block i uses
   orders[i % len(orders)]); in training, `shuffle_orders` draws a new order of the orders per level;
-- attention runs in patches of `patch_size` consecutive sites of that order through
-  `jax.nn.dot_product_attention`. As the reference's flash-attention path: a sample's last, partial
-  patch is filled up with the sites just before it (so it holds the sample's last `patch_size` sites), a
-  sample with fewer sites than `patch_size` is one shorter patch (`key_value_seq_lengths`), and
-  padding sites are never keys.
+- attention runs in patches of `patch_size` consecutive sites of that order (`_xla_attention`, or
+  `jax.nn.dot_product_attention` for cuDNN's flash attention). As the reference's flash-attention
+  path: a sample's last, partial patch is filled up with the sites just before it (so it holds the
+  sample's last `patch_size` sites), a sample with fewer sites than `patch_size` is one shorter patch
+  (a key length below `patch_size`), and padding sites are never keys.
 
 Module names follow the reference's state-dict keys (embedding_*, enc{s}_down, dec{s}_up; inside blocks
 cpe_conv/cpe_linear/cpe_norm, norm1, attn/qkv, attn/proj, norm2, mlp_fc1, mlp_fc2), so that `ptv3_import` is
@@ -88,10 +88,10 @@ def attention_platform(device=None):
 
 
 def attention_implementation(choice, dtype, head_dim, platform):
-    """`implementation` of `jax.nn.dot_product_attention` for `model.ptv3.attention` (docs/ptv3.md).
+    """The attention path for `model.ptv3.attention` (docs/ptv3.md): "xla" (`_xla_attention`) or "cudnn".
 
     "auto": cuDNN's flash attention where it runs (platform "cuda", bfloat16/float16, head width a
-    multiple of 8 up to 128), else XLA's (CPU, TPU, float32, other GPUs); "xla"/"cudnn" as asked,
+    multiple of 8 up to 128), else XLA (CPU, TPU, float32, other GPUs); "xla"/"cudnn" as asked,
     "cudnn" refused with the reason where it cannot run."""
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     cudnn = platform == "cuda" and half and head_dim % 8 == 0 and head_dim <= 128
@@ -300,8 +300,8 @@ class PTv3(nn.Module):
 
     Field defaults are the reference's PTv3 + PPT recipe (Pointcept `semseg-pt-v3m1-1-ppt-extreme`);
     stage s of the encoder runs at hierarchy level s, so the hierarchy needs len(enc_depths) levels.
-    attention: `jax.nn.dot_product_attention` implementation: "auto" (cuDNN flash attention on NVIDIA
-    GPUs in bfloat16/float16, else XLA: `attention_implementation`), "xla" or "cudnn".
+    attention: "auto" (cuDNN flash attention on NVIDIA GPUs in bfloat16/float16, else XLA:
+    `attention_implementation`), "xla" (`_xla_attention`) or "cudnn" (`jax.nn.dot_product_attention`).
     attention_chunk: patches per attention call, in a loop (0: all of a level's patches at once): the
     XLA path's (patches, heads, k, k) logits and probabilities (4 MiB per patch and head at k = 1024 in
     float32) then exist for that many patches at a time, in both passes (the backward pass recomputes
