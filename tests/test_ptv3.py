@@ -134,6 +134,23 @@ def test_attention_auto_on_cpu_is_the_xla_path():
         _attention(x, 2, 4, mask, "cudnn")
 
 
+def test_xla_attention_is_jax_dot_product_attention_with_sequence_lengths():
+    """ptv3._xla_attention (the XLA path) computes what jax.nn.dot_product_attention does with
+    key_value_seq_lengths (the call of the cuDNN path, run here through its XLA implementation): full,
+    short and one-key patches, float32 and bfloat16 inputs."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.normal(size=(4, 8, 2, 4)).astype(np.float32) for _ in range(3))
+    kv_len = np.array([8, 5, 1, 8], np.int32)
+    for dtype, tol in ((jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)):
+        q_, k_, v_ = (jnp.asarray(a, dtype) for a in (q, k, v))
+        ours = jax.jit(ptv3._xla_attention)(q_, k_, v_, kv_len)
+        theirs = jax.jit(lambda *a: jax.nn.dot_product_attention(*a[:3], key_value_seq_lengths=a[3],
+                                                                 implementation="xla"))(q_, k_, v_, kv_len)
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(theirs, np.float32), rtol=tol,
+                                   atol=tol, err_msg=str(dtype))
+
+
 def test_bfloat16_attention_is_the_float32_one_to_bfloat16_precision():
     """model.dtype bfloat16: projections and attention in bfloat16 (float32 parameters), same result to
     bfloat16's ~3 significant digits."""
