@@ -21,9 +21,10 @@ parameter counts. Its memory grows with the crop (each block keeps its (patches,
 attention for the backward pass), so at 100k sites it is measured at smaller sizes and extrapolated,
 printed as such: a line through the sizes, and the largest size's time per site. Both are likely low:
 its coarse levels attend within patches of min(sites of the level, 1024), which grow with the crop.
-Every run's seconds are printed with the median, after a first call of each whose peak resident memory
-(VmHWM, reset first) is the step's; the load average is printed at start, after each round and at the
-end. The process stops itself (exit 3, the figure printed) when its resident memory passes --max_rss_gib.
+Every run's seconds are printed with the median, after a first call of each (its seconds printed too)
+whose peak resident memory (VmHWM, reset first) is the step's; the load average is printed at start,
+after each round and at the end. The process stops itself (exit 3, the figure printed) when its
+resident memory passes --max_rss_gib.
 """
 
 import argparse
@@ -121,8 +122,14 @@ def reference_steps(sizes):
 
 def in_turns(steps, runs):
     """{name: (step peak RSS GiB, [seconds of each run])}: a first call of each (warm-up, its peak memory
-    measured), then `runs` rounds of one call each in turn, so that load drift hits all alike."""
-    peaks = {name: step_peak_rss_gib(fn) for name, fn in steps.items()}
+    measured, its seconds printed), then `runs` rounds of one call each in turn, so that load drift hits
+    all alike."""
+    peaks = {}
+    for name, fn in steps.items():
+        t = time.perf_counter()
+        peaks[name] = step_peak_rss_gib(fn)
+        print(f"  first call (warm-up): {name} {time.perf_counter() - t:.2f} s, step peak RSS {peaks[name]:.2f} GiB; "
+              f"{load()}", flush=True)
     times = {name: [] for name in steps}
     for r in range(runs):
         for name, fn in steps.items():
