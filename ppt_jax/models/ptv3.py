@@ -138,7 +138,7 @@ def _xla_attention(q, key, v, kv_len):
     """softmax(q k^T / sqrt(D)) v of patches q, key, v (P, k, H, D), keys from kv_len (P,) on masked out;
     logits and softmax in float32. What `jax.nn.dot_product_attention(implementation="xla")` computes, with
     the mask broadcast from (P, 1, 1, k) instead of combined into a (P, H, k, k) array, which its backward
-    pass then reads: 2.4x faster forward + backward on CPU (benchmarks/README.md). The query is scaled
+    pass then reads: 2.2x faster forward + backward on CPU (benchmarks/README.md). The query is scaled
     before the product, as the reference does."""
     logits = jnp.einsum("ptnh,psnh->pnts", q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), key,
                         preferred_element_type=jnp.float32)
