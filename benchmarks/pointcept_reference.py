@@ -89,7 +89,7 @@ SMALL = dict(in_channels=6, order=("z", "z-trans", "hilbert", "hilbert-trans"), 
              pdnorm_conditions=("ScanNet", "S3DIS", "Structured3D"))
 
 
-# The reference's PTv3 + PPT recipe (configs/s3dis/semseg-pt-v3m1-2-ppt-extreme.py), for its sizes.
+# The reference's PTv3 + PPT backbone (configs/scannet/semseg-pt-v3m1-1-ppt-extreme.py), for its sizes.
 RECIPE = dict(SMALL, enc_depths=(3, 3, 3, 6, 3), enc_channels=(48, 96, 192, 384, 512),
               enc_num_head=(3, 6, 12, 24, 32), enc_patch_size=(1024,) * 5, stride=(2, 2, 2, 2),
               dec_depths=(3, 3, 3, 3), dec_channels=(64, 96, 192, 384), dec_num_head=(4, 6, 12, 24),

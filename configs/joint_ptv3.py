@@ -1,5 +1,6 @@
 """PPT with a Point Transformer V3 backbone on Structured3D + ScanNet + S3DIS (4:2:1): the reference's
-PTv3 + PPT recipe (Pointcept `semseg-pt-v3m1-2-ppt-extreme`, docs/ptv3.md).
+PTv3 + PPT recipe (Pointcept's `semseg-pt-v3m1-1-ppt-extreme` backbone and clipping, with the data mix
+and crops of `semseg-pt-v3m1-2-ppt-extreme`, its three-dataset config: docs/ptv3.md, "The recipe").
 
     python -m ppt_jax.main --config=configs/joint_ptv3.py [--config.model.ptv3.enc_patch_size=...]
     python -m ppt_jax.main --config=configs/joint_ptv3.py:tiny      # a seconds-scale smoke run

@@ -50,6 +50,31 @@ def test_joint_is_the_reference_recipe():
     assert c.text.encoder == "clip"
 
 
+def test_joint_ptv3_is_the_reference_recipe():
+    """configs/joint_ptv3.py against Pointcept's semseg-pt-v3m1-*-ppt-extreme (docs/ptv3.md, "The recipe")."""
+    from configs import joint_ptv3
+    c = joint_ptv3.get_config("reference")
+    p = c.model.ptv3
+    assert (c.model.backbone, c.model.head, c.model.norm_decouple, c.model.norm_adaptive) == (
+        "ptv3", "language", True, False)
+    assert (c.model.bn_momentum, c.model.bn_epsilon, p.ln_epsilon) == (0.99, 1e-3, 1e-5)
+    assert (p.enc_depths, p.enc_channels, p.enc_heads) == ((3, 3, 3, 6, 3), (48, 96, 192, 384, 512),
+                                                           (3, 6, 12, 24, 32))
+    assert (p.dec_depths, p.dec_channels, p.dec_heads) == ((3, 3, 3, 3), (64, 96, 192, 384), (4, 6, 12, 24))
+    assert p.enc_patch_size == (1024,) * 5 and p.dec_patch_size == (1024,) * 4
+    assert p.orders == ("z", "z-trans", "hilbert", "hilbert-trans") and p.shuffle_orders
+    assert (p.mlp_ratio, p.drop_path, p.cpe_after_unpool) == (4.0, 0.3, "skip")
+    assert c.model.criteria == ("cross_entropy", "lovasz")
+    o = c.optim
+    assert (o.name, o.lr, o.weight_decay, o.clip_grad) == ("adamw", 0.005, 0.05, 3.0)
+    assert (o.pct_start, o.div_factor, o.final_div_factor) == (0.05, 10.0, 1000.0)
+    assert (o.group_keywords, o.group_lr_scale) == (("block",), 0.1)
+    assert c.data.datasets == (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS) and c.data.ratios == (4, 2, 1)
+    assert (c.data.batch_size, c.data.grid_size, c.data.num_sites) == (24, 0.02, 204_800)
+    assert dict(c.data.crop_point_max) == {labels.SCANNET: 102_400}
+    assert dict(c.data.crop_sample_rate) == {labels.STRUCTURED3D: 0.8, labels.S3DIS: 0.6}
+
+
 def test_naive_joint_and_ablation_switches():
     from configs import naive_joint
     c = naive_joint.get_config()
