@@ -128,8 +128,12 @@ def _pair_conv_grads(x, dy, pairs, w, dot, weight_grad):
         dx = dx.at[rows, inp].add(dot("bsd,bcd->bsc", g, w[tap]), mode="drop")
         return dx, dw
 
-    dx, dw = lax.fori_loop(0, _loop_bound(pairs), body, (dx, jnp.zeros((b, 27, c, d), jnp.float32)))
-    return dx, dw.sum(0).at[CENTRE].add(weight_grad(x, dy))
+    # The carry starts as the centre tap's dW (in sample 0's slot; no chunk adds to it), padded with zeros:
+    # a carry of plain zeros is one shared constant, which XLA:CPU copies for every conv's loop at the start
+    # of the step, so every accumulator stayed allocated through the forward pass.
+    dw = jnp.pad(weight_grad(x, dy)[None, None], ((0, b - 1), (CENTRE, 26 - CENTRE), (0, 0), (0, 0)))
+    dx, dw = lax.fori_loop(0, _loop_bound(pairs), body, (dx, dw))
+    return dx, dw.sum(0)
 
 
 def make_pair_conv(dot, weight_grad):

@@ -56,10 +56,15 @@ def make_train_step(model, tx, lr_fn, spec, num_datasets, mesh):
             grad_norm = optax.global_norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             fits = (h.dropped_sites.sum() + h.dropped_pairs.sum()) == 0   # else the loop raises
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             batch_stats=stats, opt_state=opt_state, rng=state.rng)
-            out = jax.tree_util.tree_map(lambda n, o: jnp.where(finite & fits, n, o), new, state)
+
+            # A skipped step keeps the old state through lax.cond, not a select between new and old: the
+            # select made XLA:CPU keep a copy of every parameter and momentum buffer through the whole step.
+            def apply(state):
+                updates, opt_state = tx.update(grads, state.opt_state, state.params)
+                return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  batch_stats=stats, opt_state=opt_state, rng=state.rng)
+
+            out = jax.lax.cond(finite & fits, apply, lambda state: state, state)
         metrics = {
             "loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step), "finite": finite,
             "dataset_rows": jax.nn.one_hot(cond, num_datasets, dtype=jnp.int32).sum(0),
