@@ -115,7 +115,7 @@ def _pair_conv_grads(x, dy, pairs, w, dot, weight_grad):
     Each chunk gathers dy[out] (from dy with a zero row appended, so padding entries give zero rows) and
     x[inp] once, and uses both for dW_t += x[inp]^T dy[out] and dx[inp] += dy[out] W_t^T (a chunk's inp
     are distinct sites; padding entries scatter to N and are dropped)."""
-    b, c, d = x.shape[0], x.shape[2], dy.shape[2]
+    b = x.shape[0]
     rows, samples = jnp.arange(b)[:, None], jnp.arange(b)
     dyz = _with_zero_row(dy)
     dx = dot("bnd,cd->bnc", dy, w[CENTRE])
