@@ -100,7 +100,7 @@ def pdnorm(**kw):
     m = base.model_config(DATASETS)
     return PDNorm(**{"num_conditions": 3, "decouple": m.norm_decouple, "adaptive": m.norm_adaptive,
                      "zero_init": m.zero_init, "momentum": m.bn_momentum, "epsilon": m.bn_epsilon,
-                     "group_size": m.bn_group_size, **kw})
+                     "group_size": m.bn_group_size, "masked_input": False, **kw})
 
 
 def numpy_pdnorm(x, mask, cond, params, ctx, group, eps=1e-3):
@@ -435,9 +435,28 @@ def test_normalize_vjp_equals_autodiff_of_the_direct_formula(group_size):
                 out = out.at[rows].set(xhat * scale[rows][:, None] + shift[rows][:, None])
         return jnp.where(mask[..., None], out, 0)
 
-    ours = lambda x, scale, shift: norm.normalize(x, mask, onehot, scale, shift, group_size, 1e-3)[0]
+    ours = lambda x, scale, shift: norm.normalize(x, mask, onehot, scale, shift, group_size, 1e-3, False)[0]
     np.testing.assert_allclose(ours(x, scale, shift), direct(x, scale, shift), rtol=1e-5, atol=1e-5)
     grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * ct), (0, 1, 2))(x, scale, shift) for f in (ours, direct)]
     for got, want in zip(*grads):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert np.all(np.asarray(grads[0][0])[~mask] == 0)
+
+
+def test_normalize_of_an_input_zero_at_padding_is_the_masked_one():
+    """`masked_input=True` (SpUNet: every norm reads a conv's output, zero at padding) skips the input mask:
+    on an input that is zero at padding it gives the same outputs, statistics and gradients as masking it."""
+    rng = np.random.default_rng(3)
+    b, n, c = 3, 20, 4
+    mask = rng.random((b, n)) < 0.6
+    x = np.where(mask[..., None], rng.normal(size=(b, n, c)) * 2 + 1, 0).astype(np.float32)
+    onehot = jax.nn.one_hot(np.array([0, 1, 1]), 3, dtype=jnp.float32)
+    scale, shift = (rng.normal(size=(b, c)).astype(np.float32) for _ in range(2))
+    ct = rng.normal(size=(b, n, c)).astype(np.float32)
+    runs = []
+    for masked_input in (False, True):
+        f = lambda x, s, t, mi=masked_input: norm.normalize(x, mask, onehot, s, t, 0, 1e-3, mi)
+        (y, pooled), vjp = jax.vjp(f, x, scale, shift)
+        runs.append((y, pooled, vjp((jnp.asarray(ct), jax.tree_util.tree_map(jnp.zeros_like, pooled)))))
+    for got, want in zip(jax.tree_util.tree_leaves(runs[1]), jax.tree_util.tree_leaves(runs[0])):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -67,21 +67,24 @@ def _moments(xm, m, onehot, group_size):
     return _per_row(onehot, mean, group_size), _per_row(onehot, var, group_size), (n, pmean, pvar), cnt
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def normalize(x, mask, onehot, scale, shift, group_size, epsilon):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def normalize(x, mask, onehot, scale, shift, group_size, epsilon, masked_input):
     """Masked batch normalisation per (statistics group, condition) with per-row scale/shift (B, C):
     y = (x - mean) * rsqrt(var + eps) * scale + shift at real sites, 0 at padding; also the pooled
     per-condition (count, mean, biased var) for the running statistics (no gradient).
 
     The VJP is BatchNorm's closed form (dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
     over the group's real sites), so a norm costs two elementwise passes forward and one backward, the
-    rest batched contractions (autodiff through the moments was much slower: benchmarks/README.md)."""
-    return _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon)[0]
+    rest batched contractions (autodiff through the moments was much slower: benchmarks/README.md).
+
+    masked_input: x is already zero at padding rows (a conv's output), so the moments read it as is. Masking it
+    again would make XLA keep both x and its masked copy for the backward pass (benchmarks/README.md)."""
+    return _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon, masked_input)[0]
 
 
-def _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon):
+def _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon, masked_input):
     m = mask.astype(jnp.float32)
-    xm = jnp.where(mask[..., None], x, 0.0)
+    xm = x if masked_input else jnp.where(mask[..., None], x, 0.0)
     mean, var, pooled, cnt = _moments(xm, m, onehot, group_size)
     rstd = jax.lax.rsqrt(var + epsilon)
     alpha = rstd * scale
@@ -90,7 +93,7 @@ def _normalize_fwd(x, mask, onehot, scale, shift, group_size, epsilon):
     return (y, jax.tree_util.tree_map(jax.lax.stop_gradient, pooled)), res
 
 
-def _normalize_bwd(group_size, epsilon, res, cts):
+def _normalize_bwd(group_size, epsilon, masked_input, res, cts):
     xm, m, mask, onehot, mean, rstd, scale, cnt = res
     dy = cts[0]
     s_dy = jnp.einsum("bnc,bn->bc", dy, m, preferred_element_type=jnp.float32)   # sum dy (real sites)
@@ -116,6 +119,8 @@ class PDNorm(nn.Module):
     as the reference's configs (`zero_init=False`).
     momentum, epsilon, group_size: `config.model.bn_momentum`, `bn_epsilon`, `bn_group_size`. No field
     has a default here: `models.PPT` holds them all (the reference's) and its backbones pass them on.
+    masked_input: the input is zero at padding rows by construction (a sparse conv's output: SpUNet), so the
+    norm does not mask it again; False where it follows a layer with a bias (PTv3).
     """
     num_conditions: int
     decouple: bool
@@ -124,6 +129,7 @@ class PDNorm(nn.Module):
     momentum: float
     epsilon: float
     group_size: int
+    masked_input: bool
 
     @nn.compact
     def __call__(self, x, mask, condition, context, train):
@@ -151,7 +157,8 @@ class PDNorm(nn.Module):
             a, b = a * gain, b * gain + shift
         if not train:
             return jnp.where(mask[..., None], xf * a[:, None] + b[:, None], 0.0).astype(x.dtype)
-        y, (n, pmean, pvar) = normalize(xf, mask, onehot, a, b, self.group_size, self.epsilon)
+        y, (n, pmean, pvar) = normalize(xf, mask, onehot, a, b, self.group_size, self.epsilon,
+                                         self.masked_input)
         if not self.is_initializing():
             seen = (n > 0)[:, None]
             unbiased = pvar * (n / jnp.maximum(n - 1.0, 1.0))[:, None]

@@ -381,7 +381,7 @@ class PTv3(nn.Module):
         dt = self.dtype
         bn = functools.partial(PDNorm, self.num_conditions, self.decouple, adaptive=False, zero_init=False,
                                momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                               group_size=self.bn_group_size)
+                               group_size=self.bn_group_size, masked_input=False)
         finest = jax.vmap(serialization.depth)(hierarchy.coords[0], hierarchy.masks[0])
         schedule = self._order_schedule(train)
         layouts = {}

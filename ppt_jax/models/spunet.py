@@ -133,7 +133,7 @@ class SpUNet(nn.Module):
             PDNorm, num_conditions=self.num_conditions,
             decouple=self.norm_decouple and self.adapter != "none",
             adaptive=prompt_norm, zero_init=self.zero_init, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, group_size=self.bn_group_size)
+            epsilon=self.bn_epsilon, group_size=self.bn_group_size, masked_input=True)   # conv outputs
 
     def _adapt(self, x, context, name):
         if self.adapter == "add":

@@ -94,12 +94,14 @@ def _chunk(pairs, k):
     return sl(pairs.out), sl(pairs.inp), pairs.chunk_tap[:, k]
 
 
-def _pair_conv(x, pairs, w, dot):
-    """(B, N, C), batched PairList, (27, C, D) -> (B, N, D) float32 (padding rows not masked here).
+def _pair_conv(x, pairs, w, mask, dot):
+    """(B, N, C), batched PairList, (27, C, D), (B, N) -> (B, N, D) float32, zero at padding rows.
 
-    A padding entry gathers some row of x and its product is dropped by the scatter (out = N)."""
+    A padding entry gathers some row of x and its product is dropped by the scatter (out = N), so only the
+    centre tap writes padding rows: masking its product masks the loop's output, and no masked copy of the
+    output exists (a norm reading it keeps one buffer for its backward pass, not the output and its copy)."""
     rows = jnp.arange(x.shape[0])[:, None]
-    y = dot("bnc,cd->bnd", x, w[CENTRE])
+    y = jnp.where(mask[..., None], dot("bnc,cd->bnd", x, w[CENTRE]), 0)
 
     def body(k, y):
         out, inp, tap = _chunk(pairs, k)
@@ -142,8 +144,7 @@ def make_pair_conv(dot, weight_grad):
 
     @jax.custom_vjp
     def conv(x, w, mask, pairs):
-        y = _pair_conv(x, pairs, w, dot)
-        return jnp.where(mask[..., None], y, 0).astype(jnp.result_type(x.dtype, w.dtype))
+        return _pair_conv(x, pairs, w, mask, dot).astype(jnp.result_type(x.dtype, w.dtype))
 
     def fwd(x, w, mask, pairs):
         return conv(x, w, mask, pairs), (x, w, mask, pairs)
