@@ -172,12 +172,12 @@ def val_presence(data_dir, budget):
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    from ppt_jax import data
+    from ppt_jax.data import pipeline
     cfg = make_config("ppt", budget, 0, data_dir, "").data
     out = {}
     for d in DOMAINS:
         counts = np.zeros(labels.num_classes(d), np.int64)
-        for batch in data.eval_dataset(os.path.join(data_dir, d, "val"), d, cfg):
+        for batch in pipeline.eval_dataset(os.path.join(data_dir, d, "val"), d, cfg):
             seg = batch["origin_segment"]
             counts += np.bincount(seg[seg >= 0], minlength=len(counts))
         out[d] = [n for n, c in zip(labels.CLASS_NAMES[d], counts) if c]
@@ -218,7 +218,6 @@ def bn_check(config, workdir, batches=16):
     batches (mean of the batch statistics: momentum 0 per batch, averaged)."""
     import jax
 
-    from ppt_jax import data
     from ppt_jax.data import pipeline
     from ppt_jax.train import evaluate, setup
     from ppt_jax.train.step import build_hierarchies
@@ -236,7 +235,7 @@ def bn_check(config, workdir, batches=16):
         return upd["batch_stats"]
 
     variables = evaluate.variables_of(state)
-    stream = data.train_dataset(run.config.data, 0, 1, start_step=0)
+    stream = pipeline.train_dataset(run.config.data, 0, 1, start_step=0)
     total = None
     for _ in range(batches):
         b = run.device_batch(next(stream), pipeline.TRAIN_KEYS[:-1])

@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.synthetic_data import timed_generate
 from ppt_jax.data import augment, pipeline, records
+from ppt_jax.data import config as data_config
 
 STEP_SECONDS = 7.0  # a full-size 1-scene train step on the 2-core host
 
@@ -107,7 +108,7 @@ def main():
     scenes = tuple(int(c) for c in args.scenes.split(","))
     with tempfile.TemporaryDirectory() as out:
         _preprocess(out, scenes, args.density)
-        cfg = pipeline.default_config()
+        cfg = data_config.default_config()
         cfg.train_dirs = {name: os.path.join(out, name, "train") for name in cfg.datasets}
         cfg.batch_size = 1
         cfg.num_sites = args.num_sites

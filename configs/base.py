@@ -4,7 +4,7 @@ variants.
 Not a runnable config by itself: `joint.py`, the baselines, `tiny.py` and `finetune.py` start from
 `recipe()` and change a few fields. Every default has one source: `config.model` holds every field of
 `models.PPT` with the model's own default (the reference SpUNet-v1m3 + PPT), `config.data` starts from
-`data.default_config()` (the reference's data recipe, documented in ppt_jax/data/pipeline.py), and
+`data.default_config()` (the reference's data recipe, documented in ppt_jax/data/config.py), and
 the model sizes of the scaled-down variants are `MODEL_SIZES`.
 
 Data: the reference reads shards from `data/shards/<Dataset>/{train,val}` (data_prep writes them).
@@ -21,7 +21,8 @@ import os
 import ml_collections
 
 from ppt_jax import labels, models
-from ppt_jax.data import pipeline, schema
+from ppt_jax.data import config as data_config
+from ppt_jax.data import schema
 from ppt_jax.sparse import sizing
 
 SHARD_ROOT = "data/shards"   # data_prep writes <root>/<Dataset>/<split>/
@@ -60,7 +61,7 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
     c.name = name
     c.seed = 0
 
-    c.data = pipeline.default_config()
+    c.data = data_config.default_config()
     c.data.datasets = tuple(datasets)
     c.data.ratios = tuple(ratios)
     c.data.train_dirs = {n: f"{SHARD_ROOT}/{n}/train" for n in datasets}

@@ -192,8 +192,8 @@ class Predictor:
         self.variables = variables
         self.config = ml_collections.ConfigDict(meta["config"])
         if "color_norm" not in self.config.data:      # exports written before the field existed
-            from ppt_jax.data import pipeline
-            self.config.data.color_norm = pipeline.DEFAULT_COLOR_NORM
+            from ppt_jax.data import config as data_config
+            self.config.data.color_norm = data_config.DEFAULT_COLOR_NORM
         table, _ = setup.text_table(self.config, export_dir)
         self.model = setup.build_model(self.config, table)
         self.datasets = tuple(self.config.model.conditions)

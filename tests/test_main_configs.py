@@ -13,7 +13,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ppt_jax import data, labels, main
+from ppt_jax import labels, main
+from ppt_jax.data import config as data_config
 from ppt_jax.train import setup
 from conftest import REPO
 
@@ -26,7 +27,7 @@ def test_config_is_consistent_and_documents_its_command(name):
     module = importlib.import_module(f"configs.{name}")
     assert f"python -m ppt_jax.main --config=configs/{name}.py" in module.__doc__
     c = main.embedded_data(module.get_config(), "runs/x")[0]
-    data.check_config(c.data, train=True)
+    data_config.check_config(c.data, train=True)
     assert set(c.data.datasets) <= set(c.model.conditions)
     assert set(c.eval.datasets) <= set(c.data.datasets)
     setup.condition_map(c)
@@ -170,6 +171,17 @@ def test_model_config_is_every_ppt_field_with_its_default():
     c.model.bogus = 1
     with pytest.raises(ValueError, match="config.model.bogus is not a field of models.PPT"):
         setup.build_model(c, None)
+
+
+def test_configs_and_the_model_side_load_without_tensorflow():
+    """TensorFlow (0.5 GiB) loads only with the tf.data pipeline: reading a config, the shard schema,
+    the model, the sparse engine or the train step does not import it."""
+    probe = ("import sys; import configs.joint, configs.joint_ptv3, ppt_jax.data.schema, ppt_jax.models, "
+             "ppt_jax.train.setup, ppt_jax.train.step; configs.joint.get_config(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 def test_main_without_config_is_a_usage_error():

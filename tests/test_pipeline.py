@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from ppt_jax import labels
+from ppt_jax.data import config as data_config
 from ppt_jax.data import pipeline, records, schedule, schema
 
 GRID = 0.01  # stored grid of the shards
@@ -91,7 +92,7 @@ def splits(tmp_path_factory):
 
 
 def _config(splits, **overrides):
-    cfg = pipeline.default_config()
+    cfg = data_config.default_config()
     cfg.train_dirs = dict(splits)
     cfg.batch_size = 2
     cfg.num_sites = 1024
@@ -184,7 +185,7 @@ def test_shard_size_and_sha256_are_checked_against_the_manifest(tmp_path):
 
 
 def test_bad_scenes_are_reported(tmp_path):
-    cfg = pipeline.default_config()
+    cfg = data_config.default_config()
     cfg.eval_num_sites, cfg.eval_num_points = 4096, 16384
     for field, value, match in [("segment", 13, r"labels in \[-?\d+, 13\] outside \[-1, 13\)"),
                                 ("coord", np.nan, "non-finite coordinates")]:
@@ -222,7 +223,7 @@ def test_color_norm_unit_and_legacy():
     color = np.array([[0, 127.5, 255], [51, 102, 204]])
     cloud = {"coord": np.zeros((2, 3)), "grid_coord": np.zeros((2, 3), np.int32), "color": color,
              "normal": np.zeros((2, 3)), "segment": np.zeros(2, np.int32)}
-    assert pipeline.default_config().color_norm == "unit"
+    assert data_config.default_config().color_norm == "unit"
     unit = pipeline.pad_row(cloud, 4, "unit")[2][:2, :3]
     np.testing.assert_array_equal(unit, np.float32([[0, 0.5, 1], [0.2, 0.4, 0.8]]))
     legacy = pipeline.pad_row(cloud, 4, "legacy")[2][:2, :3]

@@ -8,7 +8,8 @@ from PIL import Image
 
 from ppt_jax import ply
 from ppt_jax import labels, predict, render
-from ppt_jax.data import pipeline, schema
+from ppt_jax.data import config as data_config
+from ppt_jax.data import schema
 
 
 def _box_room(n_per_face=400, seed=0):
@@ -201,7 +202,7 @@ class _ColourOracle:
 
     def __init__(self):
         from configs import joint
-        self.config = ml_collections.ConfigDict({"data": pipeline.default_config().to_dict(),
+        self.config = ml_collections.ConfigDict({"data": data_config.default_config().to_dict(),
                                                  "sparse": joint.get_config().sparse.to_dict()})
         self.rows = 0
 
@@ -256,7 +257,7 @@ def test_georeferenced_clouds_keep_their_precision(tmp_path):
     survey = coord.astype(np.float64) + [500_000.25, 4_000_000.5, 31.0]
     near = predict._checked("room", coord.astype(np.float64), color, normal, "room.ply")
     far = predict._checked("room", survey, color, normal, "room.ply")
-    predictor = SimpleNamespace(grid_size=0.02, config=SimpleNamespace(data=pipeline.default_config()))
+    predictor = SimpleNamespace(grid_size=0.02, config=SimpleNamespace(data=data_config.default_config()))
     (a,), inv_a = predict._single_view(predictor, near, 0)
     (b,), inv_b = predict._single_view(predictor, far, 0)
     np.testing.assert_array_equal(b["grid_coord"], a["grid_coord"])

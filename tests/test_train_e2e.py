@@ -224,7 +224,6 @@ def _probe(root, code, name):
 
 
 NAN_PROBE = """
-from ppt_jax import data
 from ppt_jax.data import pipeline
 from ppt_jax.train import loop, optim, setup, step as step_lib
 run = setup.prepare(cfg, sys.argv[1])
@@ -232,7 +231,7 @@ tx, lr_fn = optim.make_optimizer(run.config.optim, 8)
 state = setup.new_state(setup.init_variables(run.model, run.config, 0), tx, 0, run.mesh)
 before = jax.device_get(state.params)
 fn = step_lib.make_train_step(run.model, tx, lr_fn, setup.hierarchy_spec(run.config, 1024), 3, run.mesh)
-batch = next(data.train_dataset(run.config.data))
+batch = next(pipeline.train_dataset(run.config.data))
 batch["feat"] = batch["feat"].copy()
 batch["feat"][0, 0, 0] = np.nan
 state, m = fn(state, run.device_batch(batch, pipeline.TRAIN_KEYS[:-1]))

@@ -1,15 +1,5 @@
-"""Input pipeline: shard schema, augmentations, multi-dataset mixing, eval fragments (design.md §6)."""
+"""Input pipeline (design.md §6): `config` (the `config.data` defaults and checks), `schema` (the shard
+contract), `records` (random access to shards), `augment`, `schedule` (the dataset ratio schedule) and
+`pipeline` (tf.data train / eval / test-fragment datasets).
 
-from ppt_jax.data.pipeline import (
-    TrainIterator,
-    batch_metrics,
-    check_config,
-    default_config,
-    eval_dataset,
-    fragment_dataset,
-    steps_per_epoch,
-    train_dataset,
-)
-
-__all__ = ["TrainIterator", "batch_metrics", "check_config", "default_config", "eval_dataset",
-           "fragment_dataset", "steps_per_epoch", "train_dataset"]
+Nothing is imported here: `ppt_jax.data.config` and `schema` must load without TensorFlow."""

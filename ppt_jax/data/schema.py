@@ -27,7 +27,6 @@ while dropping points that 2 cm sampling cannot tell apart (data_prep/README.md 
 import json
 
 import numpy as np
-import tensorflow as tf
 from etils import epath
 
 SCHEMA_VERSION = 1
@@ -57,16 +56,11 @@ def padded_size(num_sites):
     return max(PAD_MULTIPLE, -(-num_sites // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
-def _bytes_feature(value):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int_feature(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
-def _float_feature(value):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+def _example_protos():
+    """`tf.train`, imported on first encode or decode: the schema's constants and manifests are read
+    by processes that never touch a record (configs, model benchmarks), and TensorFlow costs 0.5 GiB."""
+    import tensorflow as tf
+    return tf.train
 
 
 def encode_scene(scene):
@@ -75,14 +69,22 @@ def encode_scene(scene):
     Required keys: dataset (str), scene (str), grid_size (float) and SITE_FIELDS with equal leading
     lengths; optional POINT_FIELDS. Sites must already be in grid-key order (see `grid_key`).
     """
+    train = _example_protos()
+
+    def bytes_feature(value):
+        return train.Feature(bytes_list=train.BytesList(value=[value]))
+
+    def int_feature(value):
+        return train.Feature(int64_list=train.Int64List(value=[int(value)]))
+
     num_sites = len(scene["coord"])
     size = padded_size(num_sites)
     feats = {
-        "schema_version": _int_feature(SCHEMA_VERSION),
-        "dataset": _bytes_feature(scene["dataset"].encode()),
-        "scene": _bytes_feature(scene["scene"].encode()),
-        "grid_size": _float_feature(scene["grid_size"]),
-        "num_sites": _int_feature(num_sites),
+        "schema_version": int_feature(SCHEMA_VERSION),
+        "dataset": bytes_feature(scene["dataset"].encode()),
+        "scene": bytes_feature(scene["scene"].encode()),
+        "grid_size": train.Feature(float_list=train.FloatList(value=[float(scene["grid_size"])])),
+        "num_sites": int_feature(num_sites),
     }
     for name, (dtype, shape) in SITE_FIELDS.items():
         arr = np.asarray(scene[name])
@@ -91,16 +93,16 @@ def encode_scene(scene):
                              f"expected {(num_sites, *shape)}")
         padded = np.full((size, *shape), _PAD_VALUE.get(name, 0), dtype)
         padded[:num_sites] = arr
-        feats[name] = _bytes_feature(padded.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
+        feats[name] = bytes_feature(padded.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
     num_points = len(scene["inverse"]) if "inverse" in scene else 0
-    feats["num_points"] = _int_feature(num_points)
+    feats["num_points"] = int_feature(num_points)
     for name, (dtype, _) in POINT_FIELDS.items():
         arr = np.asarray(scene.get(name, np.zeros(0, dtype)), dtype)
         if arr.shape != (num_points,):
             raise ValueError(f"scene {scene['scene']}: field {name} has shape {arr.shape}, "
                              f"expected {(num_points,)}")
-        feats[name] = _bytes_feature(arr.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
-    example = tf.train.Example(features=tf.train.Features(feature=feats))
+        feats[name] = bytes_feature(arr.astype(np.dtype(dtype).newbyteorder("<")).tobytes())
+    example = train.Example(features=train.Features(feature=feats))
     return example.SerializeToString(deterministic=True)  # sorted map keys: same bytes in every process
 
 
@@ -120,7 +122,7 @@ def decode_scene(data, where="record"):
     `tf.numpy_function` worker threads, where eager TF calls would serialise on the runtime.
     """
     try:
-        feature = tf.train.Example.FromString(data).features.feature
+        feature = _example_protos().Example.FromString(data).features.feature
     except Exception as err:
         raise ValueError(f"{where}: not a tf.train.Example ({err})") from err
     version = feature["schema_version"].int64_list.value

@@ -452,8 +452,8 @@ def import_checkpoint(checkpoint, out_dir, config=None, s3dis_order=S3DIS_ORDER,
 
 
 def main(argv=None):
-    from ppt_jax.data import pipeline
     from ppt_jax import labels
+    from ppt_jax.data import config as data_config
 
     p = argparse.ArgumentParser(prog="python -m ppt_jax.models.pointcept_import",
                                 description="Pointcept SpUNet-v1m3 / PT-v3m1 (PPT) checkpoint -> ppt_jax export")
@@ -463,7 +463,7 @@ def main(argv=None):
                                     f"patch sizes, orders); default: the backbone's recipe {DEFAULT_CONFIGS}")
     p.add_argument("--s3dis_order", default=S3DIS_ORDER, choices=labels.S3DIS_ORDERS,
                    help="S3DIS label -> text row order (default: the reference's, as trained)")
-    p.add_argument("--color_norm", choices=tuple(pipeline.COLOR_NORMS),
+    p.add_argument("--color_norm", choices=tuple(data_config.COLOR_NORMS),
                    help="colour input: unit (Pointcept >= v1.6.0) or legacy (before); default: the config's")
     args = p.parse_args(argv)
     try:

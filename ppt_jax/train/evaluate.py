@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from ppt_jax import data, labels
+from ppt_jax import labels
 from ppt_jax.data import pipeline
 from ppt_jax.train import checkpoint, metrics, optim, setup, sharding
 from ppt_jax.train import step as step_lib
@@ -57,7 +57,7 @@ def make_validator(run):
             conf = jax.device_put(
                 jnp.zeros((len(run.conditions), run.num_classes, run.num_classes), jnp.int32),
                 sharding.replicated(run.mesh))
-            for batch in data.eval_dataset(cfg.eval.val_dirs[name], name, cfg.data,
+            for batch in pipeline.eval_dataset(cfg.eval.val_dirs[name], name, cfg.data,
                                            jax.process_index(), jax.process_count()):
                 conf = eval_step(variables, conf, run.device_batch(batch, pipeline.EVAL_KEYS))
             d = run.conditions.index(name)
@@ -77,7 +77,7 @@ def vote_test(run, variables):
     results = {}
     for name in cfg.eval.datasets:
         conf = np.zeros((run.num_classes, run.num_classes), np.int64)
-        for scene in data.fragment_dataset(cfg.eval.val_dirs[name], name, cfg.data):
+        for scene in pipeline.fragment_dataset(cfg.eval.val_dirs[name], name, cfg.data):
             votes = jnp.zeros((_bucket(scene["num_sites"]), run.num_classes), jnp.float32)
             dropped = 0
             for batch in scene["batches"]:

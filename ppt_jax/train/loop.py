@@ -23,7 +23,7 @@ import tqdm
 from etils import epath
 from flax.metrics import tensorboard
 
-from ppt_jax import data, files
+from ppt_jax import files
 from ppt_jax.data import pipeline
 from ppt_jax.train import checkpoint, evaluate, lock, optim, setup, sharding
 from ppt_jax.train import step as step_lib
@@ -67,10 +67,10 @@ def _train(config, workdir):
     train_step = step_lib.make_train_step(run.model, tx, lr_fn, train_spec, len(run.conditions),
                                           run.mesh)
     validate = evaluate.make_validator(run)
-    host_batches = data.train_dataset(cfg.data, jax.process_index(), jax.process_count(),
+    host_batches = pipeline.train_dataset(cfg.data, jax.process_index(), jax.process_count(),
                                       start_step=start)
     batches = sharding.prefetch_to_device(
-        host_batches, lambda b: (data.batch_metrics(b), run.device_batch(b, pipeline.TRAIN_KEYS[:-1])))
+        host_batches, lambda b: (pipeline.batch_metrics(b), run.device_batch(b, pipeline.TRAIN_KEYS[:-1])))
     local = cfg.data.batch_size // jax.process_count()
     log.info("process %d of %d: rows [%d, %d) of every global batch of %d rows", jax.process_index(),
              jax.process_count(), jax.process_index() * local, (jax.process_index() + 1) * local,

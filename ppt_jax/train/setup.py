@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 
 from ppt_jax import distributed, files, labels, models, sparse, text
+from ppt_jax.data import config as data_config
 from ppt_jax.data import schema
 from ppt_jax.train import sharding
 from ppt_jax.train.step import TrainState, build_hierarchies
@@ -156,8 +157,8 @@ def hierarchy_spec(config, num_sites, stats=None, scale_to_budget=True):
 
 def train_crops(config):
     """The first `config.sparse.sizing_crops` training crops, as the train step sees them (augmented)."""
-    from ppt_jax import data
-    batches, crops = data.train_dataset(config.data, 0, 1, start_step=0), []
+    from ppt_jax.data import pipeline
+    batches, crops = pipeline.train_dataset(config.data, 0, 1, start_step=0), []
     while len(crops) < config.sparse.sizing_crops:
         b = next(batches)
         crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
@@ -166,10 +167,10 @@ def train_crops(config):
 
 def eval_crops(config):
     """Every validation row of every `config.eval.datasets` split (capacities must fit them all)."""
-    from ppt_jax import data
+    from ppt_jax.data import pipeline
     crops = []
     for name in config.eval.datasets:
-        for b in data.eval_dataset(config.eval.val_dirs[name], name, config.data):
+        for b in pipeline.eval_dataset(config.eval.val_dirs[name], name, config.data):
             crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
     return crops
 
@@ -219,10 +220,10 @@ def data_is_synthetic(config):
 
 def total_steps(config):
     """config.train.steps, or config.train.epochs epochs of the first dataset."""
-    from ppt_jax import data
+    from ppt_jax.data import pipeline
     if config.train.steps > 0:
         return int(config.train.steps)
-    return int(config.train.epochs * data.steps_per_epoch(config.data))
+    return int(config.train.epochs * pipeline.steps_per_epoch(config.data))
 
 
 def init_variables(model, config, seed):
@@ -245,8 +246,7 @@ EXPORT_SETTINGS = (("model", "s3dis_order"), ("data", "color_norm"))
 
 
 def export_setting(config, section, name):
-    from ppt_jax.data import pipeline
-    defaults = {"color_norm": pipeline.DEFAULT_COLOR_NORM}   # exports older than the field
+    defaults = {"color_norm": data_config.DEFAULT_COLOR_NORM}   # exports older than the field
     return config[section].get(name, defaults.get(name))
 
 

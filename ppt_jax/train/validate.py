@@ -6,7 +6,7 @@ implement them (heads, adapters, optimizers, encoders...), so this file adds no 
 """
 
 from ppt_jax import labels
-from ppt_jax.data import pipeline
+from ppt_jax.data import config as data_config
 from ppt_jax.models import heads, spunet
 from ppt_jax import sparse
 from ppt_jax.sparse import hierarchy
@@ -106,7 +106,7 @@ def _data(c, out):
         for name in data.datasets:
             data.train_dirs[name] = data.train_dirs[name] or "<workdir>/synthetic"
     try:
-        pipeline.check_config(data, train=True)
+        data_config.check_config(data, train=True)
     except ValueError as err:
         out.append(str(err))
 
