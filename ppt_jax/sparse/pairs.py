@@ -18,9 +18,11 @@ sites. The capacity P is static (`HierarchySpec.pair_capacities`); pairs beyond 
             dx[inp_c] += g W_tap(c)^T and dW_tap(c) += x_c^T g; dx += dy W_13^T, dW_13 = x^T dy
 
 The loop is sequential and every chunk's outputs (and inputs) are distinct sites, so the accumulation order is fixed:
-outputs and gradients are bitwise reproducible on every backend (no unordered scatter-add). Batches keep
-their leading axis (no vmap): all samples run the same chunk index at once, the loop runs
-max(num_chunks) times, and a sample with fewer chunks multiplies padding (zeros) in the tail.
+outputs and gradients are bitwise reproducible on every backend (no unordered scatter-add). The samples of
+a batch run one after another (`lax.map`), each over its own chunks with 2-D gathers, matmuls and
+scatters. A loop body batched over samples ran every sample to the longest one's chunk count, and XLA:CPU
+built 2-D index arrays and copied each chunk's product into the batched scatter's layout: the whole 100k
+train step took 5-11 % longer (benchmarks/README.md).
 """
 
 import dataclasses
@@ -74,85 +76,75 @@ def build_pairs(nbr, capacity, chunk):
 
 
 def _rows(x, idx):
-    """x (B, M, C), idx (B, S) -> (B, S, C). Indices >= M are clamped (a plain gather, no select): every
-    caller reads padding entries (index N) either from an appended zero row or into a product that is
-    dropped or multiplied by zero."""
-    return jax.vmap(lambda xb, ib: xb.at[ib].get(mode="clip"))(x, idx)
-
-
-def _with_zero_row(x):
-    return jnp.concatenate([x, jnp.zeros((x.shape[0], 1, x.shape[2]), x.dtype)], axis=1)
-
-
-def _loop_bound(pairs):
-    return jnp.max(pairs.num_chunks)
+    """x (M, C), idx (S,) -> (S, C). Indices >= M are clamped (a plain gather, no select): every caller
+    reads padding entries (index N) either from an appended zero row or into a product that is dropped
+    or multiplied by zero."""
+    return x.at[idx].get(mode="clip")
 
 
 def _chunk(pairs, k):
-    size = pairs.out.shape[1] // pairs.chunk_tap.shape[1]
-    sl = lambda a: lax.dynamic_slice_in_dim(a, k * size, size, axis=1)
-    return sl(pairs.out), sl(pairs.inp), pairs.chunk_tap[:, k]
+    size = pairs.out.shape[0] // pairs.chunk_tap.shape[0]
+    sl = lambda a: lax.dynamic_slice_in_dim(a, k * size, size)
+    return sl(pairs.out), sl(pairs.inp), pairs.chunk_tap[k]
 
 
 def _pair_conv(x, pairs, w, mask, dot):
-    """(B, N, C), batched PairList, (27, C, D), (B, N) -> (B, N, D) float32, zero at padding rows.
+    """One sample: (N, C), PairList, (27, C, D), (N,) -> (N, D) float32, zero at padding rows.
 
     A padding entry gathers some row of x and its product is dropped by the scatter (out = N), so only the
     centre tap writes padding rows: masking its product masks the loop's output, and no masked copy of the
     output exists (a norm reading it keeps one buffer for its backward pass, not the output and its copy)."""
-    rows = jnp.arange(x.shape[0])[:, None]
-    y = jnp.where(mask[..., None], dot("bnc,cd->bnd", x, w[CENTRE]), 0)
+    y = jnp.where(mask[:, None], dot("nc,cd->nd", x, w[CENTRE]), 0)
 
     def body(k, y):
         out, inp, tap = _chunk(pairs, k)
-        z = dot("bsc,bcd->bsd", _rows(x, inp), w[tap])
-        return y.at[rows, out].add(z, mode="drop")
+        return y.at[out].add(dot("sc,cd->sd", _rows(x, inp), w[tap]), mode="drop")
 
-    return lax.fori_loop(0, _loop_bound(pairs), body, y)
+    return lax.fori_loop(0, pairs.num_chunks, body, y)
 
 
 def _pair_conv_grads(x, dy, pairs, w, dot, weight_grad):
-    """dx (B, N, C) and dW (27, C, D) float32 in one pass over the chunks, for dy zero at padding rows.
+    """One sample: dx (N, C) and dW (27, C, D) float32 in one pass over the chunks, for dy zero at padding.
 
     Each chunk gathers dy[out] (from dy with a zero row appended, so padding entries give zero rows) and
     x[inp] once, and uses both for dW_t += x[inp]^T dy[out] and dx[inp] += dy[out] W_t^T (a chunk's inp
     are distinct sites; padding entries scatter to N and are dropped)."""
-    b = x.shape[0]
-    rows, samples = jnp.arange(b)[:, None], jnp.arange(b)
-    dyz = _with_zero_row(dy)
-    dx = dot("bnd,cd->bnc", dy, w[CENTRE])
+    dyz = jnp.concatenate([dy, jnp.zeros((1, dy.shape[1]), dy.dtype)])
+    dx = dot("nd,cd->nc", dy, w[CENTRE])
 
     def body(k, carry):
         dx, dw = carry
         out, inp, tap = _chunk(pairs, k)
         g, xi = _rows(dyz, out), _rows(x, inp)
-        dw = dw.at[samples, tap].add(dot("bsc,bsd->bcd", xi, g))
-        dx = dx.at[rows, inp].add(dot("bsd,bcd->bsc", g, w[tap]), mode="drop")
+        dw = dw.at[tap].add(dot("sc,sd->cd", xi, g))
+        dx = dx.at[inp].add(dot("sd,cd->sc", g, w[tap]), mode="drop")
         return dx, dw
 
-    # The carry starts as the centre tap's dW (in sample 0's slot; no chunk adds to it), padded with zeros:
-    # a carry of plain zeros is one shared constant, which XLA:CPU copies for every conv's loop at the start
-    # of the step, so every accumulator stayed allocated through the forward pass.
-    dw = jnp.pad(weight_grad(x, dy)[None, None], ((0, b - 1), (CENTRE, 26 - CENTRE), (0, 0), (0, 0)))
-    dx, dw = lax.fori_loop(0, _loop_bound(pairs), body, (dx, dw))
-    return dx, dw.sum(0)
+    # The carry starts as the centre tap's dW (no chunk adds to it), padded with zeros: a carry of plain
+    # zeros is one shared constant, which XLA:CPU copies for every conv's loop at the start of the step,
+    # so every accumulator stayed allocated through the forward pass.
+    dw = jnp.pad(weight_grad(x, dy)[None], ((CENTRE, 26 - CENTRE), (0, 0), (0, 0)))
+    return lax.fori_loop(0, pairs.num_chunks, body, (dx, dw))
 
 
 def make_pair_conv(dot, weight_grad):
-    """The custom-VJP conv for a given contraction `dot(spec, a, b)` (float32 accumulation) and
-    `weight_grad(x, dy)` = x^T dy summed over samples and sites (the centre tap's dW)."""
+    """The custom-VJP conv on batched inputs (B, N, C), (27, C, D), (B, N), batched PairList, for a given
+    contraction `dot(spec, a, b)` (float32 accumulation) and `weight_grad(x, dy)` = x^T dy summed over
+    sites (the centre tap's dW). Samples run one after another (`lax.map`)."""
 
     @jax.custom_vjp
     def conv(x, w, mask, pairs):
-        return _pair_conv(x, pairs, w, mask, dot).astype(jnp.result_type(x.dtype, w.dtype))
+        y = lax.map(lambda s: _pair_conv(s[0], s[1], w, s[2], dot), (x, pairs, mask))
+        return y.astype(jnp.result_type(x.dtype, w.dtype))
 
     def fwd(x, w, mask, pairs):
         return conv(x, w, mask, pairs), (x, w, mask, pairs)
 
     def bwd(res, dy):
         x, w, mask, pairs = res
-        dx, dw = _pair_conv_grads(x, jnp.where(mask[..., None], dy, 0), pairs, w, dot, weight_grad)
-        return dx.astype(x.dtype), dw.astype(w.dtype), None, None
+        dy = jnp.where(mask[..., None], dy, 0)
+        dx, dw = lax.map(lambda s: _pair_conv_grads(s[0], s[1], s[2], w, dot, weight_grad), (x, dy, pairs))
+        return dx.astype(x.dtype), dw.sum(0).astype(w.dtype), None, None
 
     conv.defvjp(fwd, bwd)
     return conv
