@@ -158,6 +158,16 @@ def _reference_field(coord, rng, granularity):
     return interp(coord), np.abs(noise).max()
 
 
+def test_trilinear_equals_map_coordinates():
+    rng = np.random.default_rng(3)
+    grid = rng.standard_normal((5, 4, 6, 3)).astype(np.float32)
+    pos = rng.random((500, 3)) * (np.array(grid.shape[:3]) - 1)
+    pos[:3] = [[0, 0, 0], [4, 3, 5], [2, 1, 3]]   # grid corners and a lattice point exactly
+    expected = np.stack([scipy.ndimage.map_coordinates(grid[..., c], pos.T, order=1)
+                         for c in range(3)], axis=1)
+    np.testing.assert_allclose(augment.trilinear(grid, pos), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("granularity", [0.2, 0.8])
 def test_elastic_field_matches_reference_and_is_bounded(granularity):
     coord = _cloud(3000)["coord"]

@@ -128,9 +128,30 @@ def elastic_field(coord, rng, granularity):
     for _ in range(2):
         for axis in range(3):
             noise = scipy.ndimage.uniform_filter1d(noise, 3, axis=axis, mode="constant", cval=0)
-    pos = ((coord - (lo - granularity)) / granularity).T  # fractional grid index per axis
-    return np.stack([scipy.ndimage.map_coordinates(noise[..., c], pos, order=1, mode="constant",
-                                                   cval=0.0) for c in range(3)], axis=1)
+    return trilinear(noise, (coord - (lo - granularity)) / granularity)
+
+
+def trilinear(grid, pos):
+    """Trilinear interpolation of `grid` (X, Y, Z, C) at fractional indices `pos` (n, 3) -> (n, C),
+    each within [0, size - 1] per axis (as `elastic_field` places them).
+
+    `scipy.ndimage.map_coordinates(order=1)` per channel computes the same through its generic
+    spline path, several times slower: it was most of a training row's CPU time. Channels-first
+    (C, n) keeps every array operation on contiguous rows.
+    """
+    cell = np.minimum(np.floor(pos).astype(np.int64), np.array(grid.shape[:3]) - 2)  # last: frac 1
+    fx, fy, fz = ((pos[:, j] - cell[:, j]).astype(grid.dtype) for j in range(3))
+    sx, sy = grid.shape[1] * grid.shape[2], grid.shape[2]
+    base = cell[:, 0] * sx + cell[:, 1] * sy + cell[:, 2]
+    flat = np.ascontiguousarray(grid.reshape(-1, grid.shape[3]).T)   # (C, X * Y * Z)
+
+    def corner(dx, dy, dz):
+        return np.take(flat, base + (dx * sx + dy * sy + dz), axis=1)
+
+    line = [[corner(dx, dy, 0) * (1 - fz) + corner(dx, dy, 1) * fz for dy in (0, 1)]
+            for dx in (0, 1)]
+    plane = [pair[0] * (1 - fy) + pair[1] * fy for pair in line]
+    return (plane[0] * (1 - fx) + plane[1] * fx).T
 
 
 def elastic_distortion(cloud, rng, params=ELASTIC_PARAMS, p=0.95):
