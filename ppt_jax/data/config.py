@@ -68,7 +68,7 @@ def default_config():
 
 
 def fail(field, problem):
-    """The ValueError of a bad `config.data` setting, naming the field."""
+    """Raise the ValueError of a bad `config.data` setting, naming the field."""
     raise ValueError(f"config.data.{field}: {problem}")
 
 
