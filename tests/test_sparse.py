@@ -69,7 +69,7 @@ def dense_up(x, ccoords, cmask, w, coords, mask, side=G):
 FORMS = ("dense", "pairs")
 
 
-def spec_for(n0, kernels=None, form="dense", levels=4, chunk=64):
+def spec_for(n0, kernels=None, form="dense", levels=4, chunk=16):
     """n0 sites at every level; the 'pairs' form at every level with room for all 26 neighbours."""
     pairs = (-(-n0 * 26 // chunk) * chunk,) * levels if form == "pairs" else None
     return sparse.HierarchySpec(capacities=(n0,) * levels, kernel_sizes=kernels, pair_capacities=pairs,
@@ -93,7 +93,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def pair_scene():
-    """The same sites with the exact-pair form at every level (chunks of 64 pairs: several per tap)."""
+    """The same sites with the exact-pair form at every level (chunks of 16 pairs: main and tail chunks)."""
     coords, mask = scene_sites()
     return coords, mask, build(coords, mask, spec_for(400, ((5, 3), (3,), (3,), (3,)), "pairs"))
 
@@ -394,36 +394,46 @@ def test_sharded_batch_matches_unsharded(sharded_run, form):
 
 
 def test_pair_lists_hold_every_active_pair_once_in_tap_chunks(pair_scene):
-    """Each chunk holds one tap's pairs, sorted by output site; together they are exactly the table's
-    active off-centre entries; padding entries point at no site."""
+    """Each chunk holds one stored tap's pairs, sorted by output site; main chunks are full, a tap's tail
+    is its < S remaining pairs; together they are exactly the table's active entries of the taps t < 13,
+    whose mirrors (tap 26 - t, input and output swapped) are exactly the active entries of taps t > 13;
+    padding entries point at no site."""
     coords, mask, h = pair_scene
     for level in range(4):
         n = h.masks[level].shape[0]
         table = np.asarray(h.nbr[level][3])
-        pl = jax.device_get(h.pairs[level])
-        chunk = pl.out.size // pl.chunk_tap.size
-        want = {(i, t) for i, t in zip(*np.nonzero(table < n)) if t != 13}
-        got = set()
-        for c in range(int(pl.num_chunks)):
-            out, inp = pl.out[c * chunk:(c + 1) * chunk], pl.inp[c * chunk:(c + 1) * chunk]
-            real = out < n
-            assert np.all(np.diff(out[real]) > 0) and np.all(inp[real] == table[out[real], pl.chunk_tap[c]])
-            got |= {(int(i), int(pl.chunk_tap[c])) for i in out[real]}
-        assert got == want and int(np.sum(pl.out < n)) == len(want)
-        assert np.all(pl.out[int(pl.num_chunks) * chunk:] == n)
+        lists = jax.device_get(h.pairs[level])
+        main_chunk = lists[0].chunk
+        assert lists[1].chunk == sparse.pairs.tail_chunk(main_chunk)
+        want = {(i, t) for i, t in zip(*np.nonzero(table < n)) if t < 13}
+        mirrored = {(int(table[i, t]), 26 - t) for i, t in want}
+        assert mirrored == {(i, t) for i, t in zip(*np.nonzero(table < n)) if t > 13}
+        got, tail = [], {}
+        for which, pl in enumerate(lists):
+            for c in range(int(pl.num_chunks)):
+                out, inp = pl.out[c * pl.chunk:(c + 1) * pl.chunk], pl.inp[c * pl.chunk:(c + 1) * pl.chunk]
+                real = out < n
+                assert np.all(np.diff(out[real]) > 0) and np.all(inp[real] == table[out[real], pl.chunk_tap[c]])
+                assert which == 1 or real.all()
+                got += [(int(i), int(pl.chunk_tap[c])) for i in out[real]]
+                if which:
+                    tail[int(pl.chunk_tap[c])] = tail.get(int(pl.chunk_tap[c]), 0) + int(real.sum())
+            assert np.all(pl.out[int(pl.num_chunks) * pl.chunk:] == n)
+        assert len(got) == len(set(got)) and set(got) == want
+        assert all(v < main_chunk for v in tail.values())
     np.testing.assert_array_equal(h.dropped_pairs, 0)
 
 
 def test_pair_overflow_is_counted_exactly_and_raised(pair_scene):
     coords, mask, h = pair_scene
     table = np.asarray(h.nbr[0][3])
-    counts = np.sum(table < 400, axis=0)[sparse.pairs.OFF_CENTRE]
-    padded = -(-counts // 64) * 64
-    keep = int(padded[:5].sum())  # room for the first five taps only
+    counts = np.sum(table < 400, axis=0)[sparse.pairs.HALF]
+    whole = counts // 16 * 16                     # the main list's share of each tap; the rest is its tail
+    keep = int(whole[:5].sum())  # room for the first five taps only
     spec = sparse.HierarchySpec((400, 400, 400, 400), ((5, 3), (3,), (3,), (3,)),
-                                pair_capacities=(keep, 0, 0, 0), pair_chunks=(64,) * 4)
+                                pair_capacities=(keep, 0, 0, 0), pair_chunks=(16,) * 4)
     small = build(coords, mask, spec)
-    assert int(small.dropped_pairs[0]) == int(counts[5:].sum())
+    assert int(small.dropped_pairs[0]) == int(whole[5:].sum()) > 0
     with pytest.raises(ValueError, match=r"level 0 has \d+ more 3x3x3 neighbour pair.*pair_capacities\[0\]"):
         sparse.check_hierarchy(small, "scene0")
     with pytest.raises(ValueError, match="multiple of pair_chunks"):
@@ -455,10 +465,12 @@ def test_sizing_measures_sites_and_pairs_like_the_hierarchy(scene):
     coords, mask, h = scene
     stats = sparse.sizing.measure([coords[mask]], levels=4)
     np.testing.assert_array_equal(stats["sites"][0], [int(np.sum(m)) for m in h.masks])
-    pairs = [int(np.sum(np.asarray(h.nbr[lv][3]) < 400)) - int(np.sum(h.masks[lv])) for lv in range(4)]
+    taps = [np.sum(np.asarray(h.nbr[lv][3]) < 400, axis=0)[:13] for lv in range(4)]
+    np.testing.assert_array_equal(stats["tap_pairs"][0], taps)
+    pairs = [int(t.sum()) for t in taps]
     np.testing.assert_array_equal(stats["pairs"][0], pairs)
     spec = sparse.sizing.spec_from_stats(stats, 400, form="pairs", pair_levels=(0, 1))
     assert spec.capacities[0] == 400 and all(c >= s for c, s in zip(spec.capacities, stats["sites"][0]))
-    assert spec.pair_capacities[2:] == (0, 0) and spec.pair_capacities[0] >= pairs[0] + 26
+    assert spec.pair_capacities[2:] == (0, 0) and spec.pair_capacities[0] >= pairs[0]
     with pytest.raises(ValueError, match="conv_form"):
         sparse.sizing.spec_from_stats(stats, 400, form="sparse")

@@ -54,9 +54,10 @@ class HierarchySpec:
       sites without a parent have no neighbours either); "searched" binary-searches every level (exact
       spconv semantics over the kept sites even on overflow, slower).
     search_method: `jnp.searchsorted` method for the key lookups.
-    pair_capacities: per level, the number of off-centre 3x3x3 pairs to keep (a multiple of that level's
-      `pair_chunks` entry) for the exact-pair conv form (`ppt_jax.sparse.pairs`), or 0 for the dense
-      27-tap form; None (default) = dense everywhere. Pairs beyond it are counted in `dropped_pairs`.
+    pair_capacities: per level, the number of 3x3x3 pairs of the taps t < 13 to keep in whole chunks (a
+      multiple of that level's `pair_chunks` entry) for the exact-pair conv form (`ppt_jax.sparse.pairs`;
+      each tap's last partial chunk goes to a tail list of fixed size), or 0 for the dense 27-tap form;
+      None (default) = dense everywhere. Pairs beyond it are counted in `dropped_pairs`.
     pair_chunks: per level, the pairs per chunk of the exact-pair form (one matmul each); None picks
       `default_pair_chunk(capacities[l])`.
     """
@@ -118,10 +119,10 @@ class HierarchySpec:
 
 
 def default_pair_chunk(sites):
-    """Pairs per chunk of the exact-pair form: ~sites / 6, a power of two in [128, 8192]. Each tap pads
-    its last chunk (26 half chunks: 9 % more products at level 0 of a 100k crop, 15-18 % at the coarser
-    levels), but every chunk is one loop step of a few small ops whose fixed cost dominates small chunks:
-    the 100k train step ran 6 % faster than with ~sites / 24 (benchmarks/README.md)."""
+    """Pairs per main chunk of the exact-pair form: ~sites / 6, a power of two in [128, 8192]. Every chunk
+    is one loop step of a few small ops whose fixed cost dominates small chunks: the 100k train step ran
+    6 % faster than with ~sites / 24 (benchmarks/README.md); each tap's remainder goes to smaller tail
+    chunks (`pairs.TAIL_SPLIT`), so large chunks pad little."""
     return int(np.clip(2 ** np.round(np.log2(max(sites, 1) / 6)), 128, 8192))
 
 
@@ -133,9 +134,9 @@ class Hierarchy:
     masks[l] (N_l,) bool, coords[l] (N_l, 3) int32 (0 at padding), nbr[l] {k: (N_l, k**3) int32},
     children[l] / parent_slot[l] for l < L (see module docstring), dropped_sites (L+1,) int32: sites lost
     per level (level 0: masked input sites that are out of bound or repeat an earlier site's
-    coordinates), out_of_bound () int32: masked input sites outside [0, GRID_BOUND); pairs[l] a
-    `pairs.PairList` where the spec asks for the exact-pair form at level l, else None; dropped_pairs (L,)
-    int32: pairs beyond `pair_capacities[l]`.
+    coordinates), out_of_bound () int32: masked input sites outside [0, GRID_BOUND); pairs[l] the
+    (main, tail) `pairs.PairList`s where the spec asks for the exact-pair form at level l, else None;
+    dropped_pairs (L,) int32: pairs beyond `pair_capacities[l]`.
     """
 
     masks: tuple
@@ -299,6 +300,6 @@ def check_hierarchy(h, what="batch"):
     dropped = np.asarray(h.dropped_pairs).reshape(-1, len(h.masks)).sum(axis=0)
     for level, n in enumerate(dropped):
         if n:
-            cap = h.pairs[level].out.shape[-1]
+            cap = h.pairs[level][0].out.shape[-1]
             raise ValueError(f"{what}: level {level} has {int(n)} more 3x3x3 neighbour pair(s) than its pair "
                              f"capacity {cap}; raise HierarchySpec.pair_capacities[{level}]")

@@ -9,14 +9,16 @@ pad its coarse levels 2-19x. Here the sizes are measured on sample crops of the 
     stats = measure(crops)                        # [(N_i, 3) int voxel coords of each crop], any number
     spec = spec_from_stats(stats, num_sites, form="pairs")
 
-`measure` counts, per crop and level l, the unique sites floor(p / 2**l) and their active off-centre
-3x3x3 neighbour pairs; `spec_from_stats` takes the largest over the crops times `margin` (level 0 is the
-input budget itself). Pair capacities add the per-tap chunk padding (at most one chunk per tap).
+`measure` counts, per crop and level l, the unique sites floor(p / 2**l) and the active 3x3x3 neighbour
+pairs of each stored tap t < 13 (`pairs.py`: tap 26 - t mirrors t); `spec_from_stats` takes the largest
+over the crops times `margin` (level 0 is the input budget itself). Pair capacities count whole chunks
+only: each tap's remainder goes to the tail list, whose size is fixed.
 """
 
 import numpy as np
 
 from ppt_jax.sparse import keys as K
+from ppt_jax.sparse import pairs as P
 from ppt_jax.sparse.hierarchy import HierarchySpec, default_pair_chunk
 
 LEVELS = 5
@@ -31,39 +33,34 @@ def _round_up(n, m):
     return int(-(-int(n) // m) * m)
 
 
-def _pairs(sites):
-    """Active off-centre 3x3x3 neighbour pairs among unique sites (N, 3)."""
+def _tap_pairs(sites):
+    """(13,) active 3x3x3 neighbour pairs of each stored tap t < 13 among unique sites (N, 3)."""
     keys = np.sort(np.asarray(K.encode(sites), np.int64))
-    offsets = K.key_offsets(3)
-    total = 0
-    for off in offsets:
-        if off == 0:
-            continue
+    counts = []
+    for off in K.key_offsets(3)[P.HALF]:
         q = keys + int(off)
         idx = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-        total += int(np.sum(keys[idx] == q))
-    return total
+        counts.append(int(np.sum(keys[idx] == q)))
+    return counts
 
 
 def measure(crops, levels=LEVELS):
-    """{'sites': (crops, levels), 'pairs': (crops, levels)} int arrays for voxel coords of each crop."""
-    sites, pairs = [], []
+    """{'sites': (crops, levels), 'pairs': (crops, levels), 'tap_pairs': (crops, levels, 13)} int arrays for
+    the voxel coords of each crop; 'pairs' are the stored pairs (taps t < 13), half the off-centre ones."""
+    sites, taps = [], []
     for coords in crops:
         coords = np.asarray(coords, np.int32).reshape(-1, 3)
         if not len(coords):                      # an empty row of a padded batch needs nothing
             sites.append([0] * levels)
-            pairs.append([0] * levels)
+            taps.append([[0] * len(P.HALF)] * levels)
             continue
         # Non-negative keys; a shift by a multiple of 2**(levels - 1) leaves every level's sites as they are.
         coords = coords - (coords.min(axis=0) >> (levels - 1) << (levels - 1))
-        row_s, row_p = [], []
-        for level in range(levels):
-            level_sites = np.unique(coords >> level, axis=0)
-            row_s.append(len(level_sites))
-            row_p.append(_pairs(level_sites))
-        sites.append(row_s)
-        pairs.append(row_p)
-    return {"sites": np.asarray(sites, np.int64), "pairs": np.asarray(pairs, np.int64)}
+        level_sites = [np.unique(coords >> level, axis=0) for level in range(levels)]
+        sites.append([len(s) for s in level_sites])
+        taps.append([_tap_pairs(s) for s in level_sites])
+    taps = np.asarray(taps, np.int64).reshape(len(sites), levels, len(P.HALF))
+    return {"sites": np.asarray(sites, np.int64).reshape(-1, levels), "pairs": taps.sum(-1), "tap_pairs": taps}
 
 
 def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=None,
@@ -92,7 +89,7 @@ def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=N
         if form != "pairs" or (pair_levels is not None and level not in pair_levels):
             pair_caps.append(0)
             continue
-        pair_caps.append(_round_up(pairs[level] * scale * margin + 26 * chunks[level], chunks[level]))
+        pair_caps.append(_round_up(pairs[level] * scale * margin, chunks[level]))
     return HierarchySpec(capacities=tuple(caps), pair_capacities=tuple(pair_caps), pair_chunks=tuple(chunks),
                          search_method=search_method)
 
@@ -104,14 +101,24 @@ def spec_for_batch(grid_coord, mask, form="pairs", margin=MARGIN):
 
 
 def padding_report(spec, stats):
-    """Per level: (capacity, largest measured need, waste = 1 - need / capacity) for sites and pairs."""
-    sites = np.asarray(stats["sites"]).max(axis=0)
-    pairs = np.asarray(stats["pairs"]).max(axis=0)
+    """Per level, against the largest measured crop: site capacity, need and waste = 1 - need / capacity
+    (every site costs every conv and norm), and for pair levels the pair capacity and need, with the waste
+    of the products the convs compute (`pairs.products`: chunk padding; the capacity's slack beyond it
+    costs index memory only, as the loops run over real chunks). Stats without 'tap_pairs' (measured
+    before it existed) report no product waste."""
+    sites = np.asarray(stats["sites"])
+    taps = stats.get("tap_pairs")
     rows = []
     for level, cap in enumerate(spec.capacities):
-        pcap = spec.pair_capacities[level]
-        rows.append({"level": level, "sites": cap, "sites_needed": int(sites[level]),
-                     "site_waste": 1 - sites[level] / cap,
-                     "pairs": pcap, "pairs_needed": int(pairs[level]) if pcap else 0,
-                     "pair_waste": (1 - pairs[level] / pcap) if pcap else 0.0})
+        pcap, chunk = spec.pair_capacities[level], spec.pair_chunks[level]
+        row = {"level": level, "sites": cap, "sites_needed": int(sites[:, level].max()),
+               "site_waste": 1 - sites[:, level].max() / cap, "pairs": pcap, "pairs_needed": 0,
+               "pair_waste": None}
+        if pcap:
+            row["pairs_needed"] = int(np.asarray(stats["pairs"])[:, level].max())
+            if taps is not None:
+                need = np.asarray(taps)[:, level]                               # (crops, 13)
+                top = int(np.argmax(need.sum(-1)))
+                row["pair_waste"] = 1 - need[top].sum() / max(P.products(need[top], chunk).sum(), 1)
+        rows.append(row)
     return rows
