@@ -9,7 +9,9 @@ The trainer sizes every level as the largest measured crop x `config.sparse.capa
 crop beyond it overflows (`config.sparse.on_overflow`), a larger margin pads every step. Printed per level:
 the largest need of the first crops, the largest of all `--crops`, their ratio (the margin the data needed),
 the 99th percentile over all, and the capacity the trainer's sizing gives from the first crops
-(`train.setup.hierarchy_spec`) with its padding against the largest need of all.
+(`train.setup.hierarchy_spec`) with its padding against the largest need of all. Then, per pair level, the
+padding of the products the pair convs compute (`sparse.pairs.products`: chunk rounding, the cost the
+capacity's slack does not have), over all the crops.
 """
 
 import os
@@ -19,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from ppt_jax import main as entry   # its flags: --config (with --config.* overrides), --workdir
-from ppt_jax.sparse import sizing
+from ppt_jax.sparse import pairs, sizing
 from ppt_jax.train import setup
 
 _CROPS = flags.DEFINE_integer("crops", 256, "augmented training crops to measure")
@@ -59,6 +61,13 @@ def main(argv):
         print(f"{r['kind']:6}{r['level']:>6}{r['first']:>10}{r['all']:>10}{r['needed_margin']:>8.3f}"
               f"{r['p99']:>10.0f}{r['capacity']:>10}{100 * r['padding']:>8.0f}%"
               + ("  OVERFLOW" if r["all"] > r["capacity"] else ""))
+    for level, chunk in enumerate(spec.pair_chunks):
+        need = stats["tap_pairs"][:, level]                                    # (crops, 13)
+        if spec.pair_capacities[level] and need.sum():
+            done = pairs.products(need, chunk).sum(-1)
+            print(f"pair products level {level} (chunks of {chunk}, tail {pairs.tail_chunk(chunk)}): padded "
+                  f"{100 * (1 - need.sum() / done.sum()):.1f}% over all crops, at most "
+                  f"{100 * np.max(1 - need.sum(-1) / np.maximum(done, 1)):.1f}% in one crop")
     sys.stdout.flush()
 
 

@@ -424,6 +424,23 @@ def test_pair_lists_hold_every_active_pair_once_in_tap_chunks(pair_scene):
     np.testing.assert_array_equal(h.dropped_pairs, 0)
 
 
+def test_pair_products_are_counted_by_hand_and_match_the_built_lists(pair_scene):
+    """`pairs.products` (what sizing reports as the convs' product padding): whole chunks of S plus the
+    remainder rounded up to tail chunks of S / TAIL_SPLIT; it equals what the built lists loop over."""
+    s = 16 * sparse.pairs.TAIL_SPLIT
+    t = s // sparse.pairs.TAIL_SPLIT
+    counts = np.array([0, 1, s - 1, s, s + 1, 3 * s + t + 1] + [0] * 7)
+    want = [0, t, s, s, s + t, 3 * s + 2 * t] + [0] * 7
+    np.testing.assert_array_equal(sparse.pairs.products(counts, s), want)
+    coords, mask, h = pair_scene
+    for level in range(4):
+        n = h.masks[level].shape[0]
+        taps = np.sum(np.asarray(h.nbr[level][3]) < n, axis=0)[:13]
+        main, tail = jax.device_get(h.pairs[level])
+        done = int(main.num_chunks) * main.chunk + int(tail.num_chunks) * tail.chunk
+        assert done == int(sparse.pairs.products(taps, main.chunk).sum())
+
+
 def test_pair_overflow_is_counted_exactly_and_raised(pair_scene):
     coords, mask, h = pair_scene
     table = np.asarray(h.nbr[0][3])

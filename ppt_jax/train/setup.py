@@ -190,15 +190,17 @@ def level_stats(workdir, what, crops_fn):
 
 
 def log_padding(spec, stats, what):
-    """One line per level: capacity, largest measured need and the padding it costs (goal < 10 %): of the
-    sites, and of the pair products the convs compute (the pair capacity's slack is index memory only)."""
+    """One line per level: capacity, the largest need of the measured crops and the padding it costs (goal
+    < 10 %): of the sites (against those crops, so at least what the margin adds; against all the crops a
+    run sees: benchmarks/capacity_margin.py), and of the pair products the convs compute (the pair
+    capacity's slack is index memory only)."""
     for r in sparse.sizing.padding_report(spec, stats):
         pairs = ""
         if r["pairs"]:
-            pairs = f", {r['pairs']} pairs in whole chunks (largest crop {r['pairs_needed']}"
+            pairs = f", {r['pairs']} pairs in whole chunks (largest {r['pairs_needed']}"
             pairs += ")" if r["pair_waste"] is None else f", products padded {100 * r['pair_waste']:.0f}%)"
-        log.info("%s level %d: %d sites (largest crop %d, padding %.0f%%)%s", what, r["level"], r["sites"],
-                 r["sites_needed"], 100 * r["site_waste"], pairs)
+        log.info("%s level %d: %d sites (largest measured crop %d, padding %.0f%%)%s", what, r["level"],
+                 r["sites"], r["sites_needed"], 100 * r["site_waste"], pairs)
 
 
 def condition_map(config):
