@@ -75,3 +75,16 @@ def test_criteria_sum_and_errors():
     with pytest.raises(ValueError, match="model.criteria"):
         models.segmentation_loss(logits, segment, cond, ("focal",))
     assert float(loss_fn(logits, jnp.full((1, 16), -1), cond, 1)) == 0.0
+
+
+def test_packed_sort_key_gives_the_two_key_sorts_value_and_gradient():
+    """Up to 3 datasets the (dataset, error) order is sorted as one packed uint32 key; more datasets use a
+    two-key sort. Same rows, conditions 0-2, with tied errors (logits on a coarse grid): 3 vs 4 datasets."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(np.round(rng.normal(size=(3, 64, 5)), 1).astype(np.float32))
+    segment = jnp.asarray(rng.integers(-1, 5, (3, 64)).astype(np.int32))
+    cond = jnp.array([0, 2, 1])
+    grad_fn = jax.jit(jax.value_and_grad(lovasz.lovasz_softmax), static_argnums=3)
+    (packed, g_packed), (general, g_general) = grad_fn(logits, segment, cond, 3), grad_fn(logits, segment, cond, 4)
+    np.testing.assert_allclose(float(packed), float(general), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g_packed), np.asarray(g_general), rtol=1e-5, atol=1e-8)

@@ -14,11 +14,30 @@ import jax.numpy as jnp
 from jax import lax
 
 
+_ERR_BITS = 30
+"""An error in [0, 1] is a float32 of at most 30 bits (1.0 = 0x3F800000), whose bits order as its values."""
+
+
+def _order(err, group, num_groups):
+    """Site order by (group, decreasing err): err (M,) in [0, 1], group (M,) int32 in [0, num_groups].
+
+    With at most 4 groups both keys fit one uint32 (group in the top 2 bits, then 1.0 - err as bits):
+    XLA:CPU sorts that with one payload in ~0.4x the time of a sort with two keys (its comparator runs
+    per comparison). Only the order of exactly tied errors can differ, and a tied block's loss does not
+    depend on its order (its Jaccard increments telescope)."""
+    m = err.shape[0]
+    index = jnp.arange(m, dtype=jnp.int32)
+    if num_groups + 1 > 2 ** (32 - _ERR_BITS):
+        return lax.sort((group, -err, index), num_keys=2)[2]
+    key = (group.astype(jnp.uint32) << _ERR_BITS) | (jnp.uint32(0x3F800000) - lax.bitcast_convert_type(err, jnp.uint32))
+    return lax.sort((key, index), num_keys=1)[1]
+
+
 def _column_losses(err, fg, group, num_groups):
     """Lovasz loss of one column for each group: err, fg (M,) float32, group (M,) int32 (num_groups =
     ignored). Returns (loss (num_groups,), present (num_groups,) bool)."""
     m = err.shape[0]
-    order = lax.sort((group, -lax.stop_gradient(err), jnp.arange(m, dtype=jnp.int32)), num_keys=2)[2]
+    order = _order(lax.stop_gradient(err), group, num_groups)
     g, e, f = group[order], err[order], fg[order]
     counts = jax.ops.segment_sum(jnp.ones_like(f), g, num_groups + 1, indices_are_sorted=True)
     gts = jax.ops.segment_sum(f, g, num_groups + 1, indices_are_sorted=True)
