@@ -52,6 +52,13 @@ real raw density, and small densities keep the real ratios of 2 cm sites between
 which grid sampling removes anyway. The default 0.05 gives rooms of ~2-23 k points (means: Structured3D
 14 k, ScanNet 5 k, S3DIS 15 k); density 1 gives ~0.2 M (ScanNet), ~0.8 M, ~2 M (S3DIS) points.
 
+Val splits hold every label of their domain, as the real val sets do (`val_plan`, generator version 2):
+val scene i < len(val_plan(domain)) is a room of a planned type that draws at least one object of each
+label it is picked for (a greedy cover of the domain's labels over its own room mix: 2-4 rooms), redrawn
+(up to 8 times) until all of them are in the scan; later val scenes and all train scenes follow the
+domain's room mix. Without it a few dozen random val rooms miss rare classes (Structured3D "dresser",
+ScanNet "shower curtain"), which the mIoU counts as 0 whatever the model does.
+
 `gap` >= 0 scales every difference between the domains except their label spaces (`domain_spec`): each
 field of `Domain` is moved away from the three domains' centre (their mean; the geometric mean for the
 raw density) by `gap` times its own distance to it, then clipped to its valid range. gap 1 is the
@@ -82,7 +89,7 @@ CELL_AREA = 0.02 ** 2
 DEFAULT_DENSITY = 0.05
 DEFAULT_SCENES = (160, 80, 40)          # Structured3D, ScanNet, S3DIS (the reference's 4:2:1)
 ORDER = (labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # 2: val splits open with rooms that hold every label (`val_plan`)
 DEFAULT_GAP = 1.0
 _SETTINGS_NAME = "synthetic_settings.json"
 _PARENT = "^"   # label of the object this one belongs to
@@ -249,15 +256,57 @@ def _check_domain(domain):
     return DOMAINS[domain]
 
 
-def layout(domain, rng, gap=DEFAULT_GAP):
-    """Draw one room of the domain's room-type mix (geometry and semantics only)."""
+_STRUCTURE = ("wall", "floor", "ceiling", "beam", "column")
+_COVER_ATTEMPTS = 8
+
+
+def val_plan(domain, gap=DEFAULT_GAP):
+    """[(room type, kinds)] of the first val scenes of `domain`: a greedy cover of its object labels.
+
+    Real val sets hold every class of their dataset; a few dozen random rooms miss the rare ones (a
+    dresser, a shower curtain), which the mIoU then counts as 0 whatever the model does. So val scene i
+    < len(plan) is a room of type plan[i][0] that draws each kind of plan[i][1] at least once (one kind
+    per label it adds; the first scene also gets a beam and a column where the domain labels them);
+    later val scenes, and all train scenes, follow the domain's room mix. Types come from the domain's
+    own mix, the one adding most labels first (ties: the more frequent type)."""
+    spec = domain_spec(domain, gap)
+    table = LABELS[domain]
+    labelled = lambda k: table[k] not in (None, _PARENT) and k not in _STRUCTURE  # noqa: E731
+    wanted = {table[k] for k in table if labelled(k)}
+    contents = {t: [k for k, _, _ in rooms.ROOMS[t][2] if labelled(k)] for t in spec.room_types}
+    plan = []
+    while wanted:
+        best = max(sorted(contents), key=lambda t: (len({table[k] for k in contents[t]} & wanted),
+                                                    spec.room_types[t]))
+        kinds = []
+        for k in contents[best]:
+            if table[k] in wanted:
+                kinds.append(k)
+                wanted.discard(table[k])
+        if not kinds:
+            break
+        plan.append((best, tuple(kinds)))
+    return plan
+
+
+def layout(domain, rng, gap=DEFAULT_GAP, cover=None):
+    """Draw one room of the domain's room-type mix (geometry and semantics only); `cover` = i: val
+    scene i, the room of `val_plan` when i is within it."""
     spec = domain_spec(domain, gap)
     types = sorted(spec.room_types)
     weights = np.array([spec.room_types[t] for t in types])
     room_type = types[rng.choice(len(types), p=weights / weights.sum())]
     extra = lambda p: int(rng.integers(1, 3)) if rng.random() < p else 0  # noqa: E731
     beams, columns = extra(spec.beams), extra(spec.columns)
-    return rooms.make_room(rng, room_type, rng.uniform(*spec.height), beams=beams, columns=columns)
+    require = ()
+    plan = val_plan(domain, gap) if cover is not None else []
+    if cover is not None and cover < len(plan):
+        room_type, require = plan[cover]
+        if cover == 0:
+            beams = max(beams, int(LABELS[domain]["beam"] is not None))
+            columns = max(columns, int(LABELS[domain]["column"] is not None))
+    return rooms.make_room(rng, room_type, rng.uniform(*spec.height), beams=beams, columns=columns,
+                           require=require)
 
 
 def _occluded(coord, owner, room):
@@ -369,9 +418,22 @@ def render(room, domain, rng, density=DEFAULT_DENSITY, gap=DEFAULT_GAP):
 
 
 def make_scene(domain, scene_id, seed=0, density=DEFAULT_DENSITY, gap=DEFAULT_GAP):
-    """The raw point dict of synthetic scene `scene_id` of `domain`: a pure function of its inputs."""
-    rng = scene_rng(domain, scene_id, seed)
-    return render(layout(domain, rng, gap), domain, rng, density, gap)
+    """The raw point dict of synthetic scene `scene_id` of `domain`: a pure function of its inputs.
+    Val scenes ("val_<i>") open with the rooms of `val_plan`."""
+    split, _, index = scene_id.rpartition("_")
+    cover = int(index) if split == "val" and index.isdigit() else None
+    plan = val_plan(domain, gap) if cover is not None else []
+    if cover is None or cover >= len(plan):
+        rng = scene_rng(domain, scene_id, seed)
+        return render(layout(domain, rng, gap), domain, rng, density, gap)
+    names = labels.CLASS_NAMES[domain]
+    wanted = {names.index(LABELS[domain][k]) for k in plan[cover][1]}
+    for attempt in range(_COVER_ATTEMPTS):   # a required object that did not fit: the next draw
+        rng = scene_rng(domain, scene_id if attempt == 0 else f"{scene_id}/{attempt}", seed)
+        raw = render(layout(domain, rng, gap, cover), domain, rng, density, gap)
+        if wanted <= set(np.unique(raw["segment"]).tolist()):
+            break
+    return raw
 
 
 def _scene_ids(split, count):

@@ -625,8 +625,10 @@ def _shower_curtain(layout, tub):
                            ripple=(rng.uniform(0.02, 0.04), rng.uniform(0.1, 0.2)))
 
 
-def make_room(rng, room_type, height, beams=0, columns=0):
-    """Lay out and build one room of `room_type` (a key of ROOMS); `height` is the ceiling height."""
+def make_room(rng, room_type, height, beams=0, columns=0, require=()):
+    """Lay out and build one room of `room_type` (a key of ROOMS); `height` is the ceiling height.
+    Kinds in `require` that the room type may hold are drawn at least once (placement can still fail:
+    rejection sampling gives up when nothing fits)."""
     if room_type not in ROOMS:
         raise ValueError(f"unknown room type {room_type!r}; known: {sorted(ROOMS)}")
     (w_lo, w_hi), (d_lo, d_hi), contents = ROOMS[room_type]
@@ -635,6 +637,9 @@ def make_room(rng, room_type, height, beams=0, columns=0):
         size[[0, 1]] = size[[1, 0]]
     layout = _Layout(Room(size, room_type), rng)
     count = {kind: int(rng.integers(lo, hi + 1)) for kind, lo, hi in contents}
+    require = set(require) | ({"bathtub"} if "shower_curtain" in require else set())
+    for kind in require & set(count):
+        count[kind] = max(count[kind], 1)
     for kind in ("door", "window"):
         for _ in range(count.get(kind, 0)):
             layout.place_opening(kind)

@@ -244,3 +244,14 @@ def test_scenes_do_not_depend_on_generation_order():
     forward = [synthetic.make_scene(S3D, i, seed=2, density=0.02) for i in ids]
     backward = [synthetic.make_scene(S3D, i, seed=2, density=0.02) for i in reversed(ids)][::-1]
     assert all(_same(a, b) for a, b in zip(forward, backward))
+
+
+@pytest.mark.parametrize("domain", synthetic.ORDER)
+def test_val_split_opens_with_rooms_that_hold_every_label(domain):
+    """Real val sets hold every class of their dataset: the first len(val_plan) val scenes do."""
+    plan = synthetic.val_plan(domain)
+    assert 1 <= len(plan) <= 5
+    seen = set()
+    for i in range(len(plan)):
+        seen |= set(np.unique(synthetic.make_scene(domain, f"val_{i:05d}", density=0.05)["segment"]).tolist())
+    assert seen - {-1} == set(range(labels.num_classes(domain)))
