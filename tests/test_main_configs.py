@@ -114,6 +114,23 @@ def test_flags_beat_every_default(config):
         assert got == value, (config, key, got)
 
 
+def test_the_embedded_default_is_the_measured_recipe():
+    """configs/base.py:EMBEDDED (docs/results/README.md, "The embedded default") on the reference's shape."""
+    from configs import base, joint
+    c = _load(["--config=configs/joint.py:synthetic"])
+    assert c.train.steps == base.EMBEDDED_STEPS == 800
+    assert (c.synthetic.scenes, c.synthetic.val_scenes, c.synthetic.density) == ((32, 16, 16), (8, 10, 10), 0.3)
+    assert (c.data.grid_size, c.data.batch_size, c.data.num_sites) == (0.05, 2, 8192)
+    assert (c.data.eval_num_sites, c.data.eval_num_points, c.sparse.sizing_crops) == (81920, 262144, 64)
+    assert c.model.channels == base.MODEL_SIZES["small"]["channels"] and c.model.bn_momentum == 0.9
+    assert c.model.criteria == ("cross_entropy", "lovasz") and c.optim.lr == 0.05
+    reference = joint.get_config("reference")   # the recipe's shape is kept
+    for key in ("name", "nesterov", "pct_start", "div_factor", "final_div_factor", "weight_decay"):
+        assert c.optim[key] == reference.optim[key]
+    assert (c.data.ratios, c.data.mix_prob, c.data.mixing) == (reference.data.ratios, reference.data.mix_prob,
+                                                               reference.data.mixing)
+
+
 def test_embedded_default_fills_only_empty_data_dirs():
     c = _load(["--config=configs/joint.py:synthetic", "--config.data.train_dirs.ScanNet=/x/train"])
     assert c.synthetic.enabled and "joint.py:synthetic" in c.synthetic.reason
