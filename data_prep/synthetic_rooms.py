@@ -411,8 +411,8 @@ class _Layout:
             if kind == "door":  # a closed leaf standing 2 cm proud of the wall, door swing kept clear
                 b.box((0, 0.02, h / 2), (w - 0.04, 0.04, h), omit=("-y",))
                 self.footprints.append((*pose.footprint(w, 1.8), owner))
-            else:  # glass 5 cm outside the wall plane, framed by the reveals
-                t = 0.05
+            else:  # glass 15 cm outside the wall plane (a wall's depth), framed by the reveals
+                t = 0.15
                 b.face((0, -t, z0 + h / 2), (w, 0.0, h), "+y")
                 b.face((0, -t / 2, z0), (w, t, 0.0), "+z")
                 b.face((0, -t / 2, z0 + h), (w, t, 0.0), "-z")
