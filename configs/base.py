@@ -147,7 +147,7 @@ def missing_shards(c):
 # BatchNorm statistics that follow the weights (momentum 0.9) over a short run, cross-entropy +
 # Lovasz and lr 0.05 (0.02 was no better at 600 steps), and as many steps as fit in 10 minutes on
 # 2 cores with generation, a cold compile and the evaluation.
-EMBEDDED_STEPS = 800
+EMBEDDED_STEPS = 1000
 EMBEDDED = {
     "data": {"grid_size": 0.05, "batch_size": 2, "num_sites": 8192, "eval_num_sites": 81920,
              "eval_num_points": 262144, "test_batch_size": 4, "num_parallel_calls": 2},

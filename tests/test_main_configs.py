@@ -118,7 +118,7 @@ def test_the_embedded_default_is_the_measured_recipe():
     """configs/base.py:EMBEDDED (docs/results/README.md, "The embedded default") on the reference's shape."""
     from configs import base, joint
     c = _load(["--config=configs/joint.py:synthetic"])
-    assert c.train.steps == base.EMBEDDED_STEPS == 800
+    assert c.train.steps == base.EMBEDDED_STEPS == 1000
     assert (c.synthetic.scenes, c.synthetic.val_scenes, c.synthetic.density) == ((32, 16, 16), (8, 10, 10), 0.3)
     assert (c.data.grid_size, c.data.batch_size, c.data.num_sites) == (0.05, 2, 8192)
     assert (c.data.eval_num_sites, c.data.eval_num_points, c.sparse.sizing_crops) == (81920, 262144, 64)

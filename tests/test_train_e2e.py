@@ -121,7 +121,7 @@ def test_a_second_start_of_the_same_config_compiles_nothing(root):
 
 def test_the_readme_command_trains_the_steps_its_flags_say(root):
     """`--config=configs/joint.py --config.train.steps=7` on a checkout without shards: the synthetic
-    variant (800 steps by default) trains 7 (fewer generated rooms, same model, to save time)."""
+    variant (1000 steps by default) trains 7 (fewer generated rooms, same model, to save time)."""
     from configs import joint
     config = ("configs/joint.py" if base.missing_shards(joint.get_config("reference"))
               else "configs/joint.py:synthetic")
