@@ -133,7 +133,10 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_
     assert meta == {"data": {"step": 1}}
     assert ckpt.periodic.all_steps() == [1]
     assert (tmp_path / "rejected" / "checkpoints-2").is_dir() and not newest.exists()
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    # Our own log's errors: asyncio may also log Orbax's other read tasks of the damaged step, whose
+    # exceptions nobody retrieves once the first one failed ("Task exception was never retrieved"), as
+    # they are garbage-collected (on a loaded machine, sometimes before the test ends).
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("ppt_jax")]
     assert len(errors) == 1 and f"{newest} IS DAMAGED" in errors[0], errors
     assert "Resuming from" in caplog.text and f"{tmp_path}/checkpoints/1" in caplog.text
     ckpt.close()
