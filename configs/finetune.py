@@ -33,7 +33,7 @@ def get_config(arg=""):
         c = joint_ptv3.apply_recipe(c)
         c.init.export_dir = "runs/joint_ptv3/export"
     if variant == "tiny":
-        c = tiny.tiny(base.embedded(c, reason=f"configs/finetune.py:{arg}"))
+        c = tiny.tiny(base.embedded(c.copy_and_resolve_references(), reason=f"configs/finetune.py:{arg}"), c)
         if backbone:
             c.model.ptv3.update(joint_ptv3.TINY_PTV3)
         else:

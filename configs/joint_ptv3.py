@@ -49,7 +49,7 @@ def apply_recipe(c):
 def get_config(arg=""):
     c = apply_recipe(base.recipe("joint_ptv3"))
     if arg == "tiny":
-        c = tiny.tiny(base.embedded(c, reason="configs/joint_ptv3.py:tiny"))
+        c = tiny.tiny(base.embedded(c.copy_and_resolve_references(), reason="configs/joint_ptv3.py:tiny"), c)
         c.model.ptv3.update(TINY_PTV3)
         c.name = "joint_ptv3_tiny"
         c.synthetic.update({"scenes": (4, 2, 2), "val_scenes": (1, 1, 1)})
