@@ -315,7 +315,12 @@ def test_determinism_and_resume(splits):
     for a, b in zip(first, second):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+    bounded = list(pipeline.train_dataset(cfg, start_step=5, steps=3))   # ends: read to its end
+    assert len(bounded) == 3
     for a, b in zip(first[6:], resumed):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    for a, b in zip(first[5:8], bounded):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     cfg.seed = 1

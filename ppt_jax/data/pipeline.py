@@ -227,17 +227,23 @@ def _finish(ds, batch_size, prefetch):
 
 
 class TrainIterator:
-    """Endless iterator of training batches (numpy dicts: design.md §1 keys plus `cropped_sites`).
+    """Iterator of training batches (numpy dicts: design.md §1 keys plus `cropped_sites`) from step
+    `start_step`, endless or `steps` long.
 
     `state()` is what the trainer checkpoints; `train_dataset(..., start_step=state["step"])` resumes.
+    Readers that need a known number of batches should bound it and read it to its end: an iterator
+    dropped while tf.data still runs rows in Python (`tf.numpy_function`) waits for them in its
+    destructor, and one such wait, under load, never returned (a tiny fine-tuning run hung for
+    minutes after its level sizing had read its 32 crops).
     """
 
-    def __init__(self, cfg, process_index, process_count, start_step):
+    def __init__(self, cfg, process_index, process_count, start_step, steps=None):
         rows = _TrainRows(cfg, process_index, process_count)
         n, b = cfg.num_sites, rows.local_batch
         shapes = ((n, 3), (n,), (n, 6), (n,), (), ())
         dtypes = (tf.int32, tf.bool, tf.float32, tf.int32, tf.int32, tf.int32)
-        ds = tf.data.Dataset.range(int(start_step) * b, np.iinfo(np.int64).max)
+        end = np.iinfo(np.int64).max if steps is None else (int(start_step) + int(steps)) * b
+        ds = tf.data.Dataset.range(int(start_step) * b, end)
         ds = ds.apply(_numpy_rows(rows, shapes, dtypes, TRAIN_KEYS, cfg.num_parallel_calls))
         self.schedule = rows.schedule
         self.step = int(start_step)
@@ -255,10 +261,10 @@ class TrainIterator:
         return {"step": self.step}
 
 
-def train_dataset(cfg, process_index=0, process_count=1, start_step=0):
-    """This host's rows of the endless global training batches from step `start_step` (see module
-    docstring): (batch_size / process_count, ...) numpy arrays per step."""
-    return TrainIterator(cfg, process_index, process_count, start_step)
+def train_dataset(cfg, process_index=0, process_count=1, start_step=0, steps=None):
+    """This host's rows of the global training batches from step `start_step` (see module docstring):
+    (batch_size / process_count, ...) numpy arrays per step; endless, or `steps` batches."""
+    return TrainIterator(cfg, process_index, process_count, start_step, steps)
 
 
 def steps_per_epoch(cfg):

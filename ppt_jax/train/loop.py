@@ -67,8 +67,10 @@ def _train(config, workdir):
     train_step = step_lib.make_train_step(run.model, tx, lr_fn, train_spec, len(run.conditions),
                                           run.mesh)
     validate = evaluate.make_validator(run)
+    # A bounded pipeline, read to its end (pipeline.TrainIterator): to the stop step when it lies ahead.
+    last = cfg.train.stop_at_step if start < cfg.train.stop_at_step < steps else steps
     host_batches = pipeline.train_dataset(cfg.data, jax.process_index(), jax.process_count(),
-                                      start_step=start)
+                                          start_step=start, steps=last - start)
     batches = sharding.prefetch_to_device(
         host_batches, lambda b: (pipeline.batch_metrics(b), run.device_batch(b, pipeline.TRAIN_KEYS[:-1])))
     local = cfg.data.batch_size // jax.process_count()

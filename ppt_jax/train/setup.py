@@ -156,13 +156,13 @@ def hierarchy_spec(config, num_sites, stats=None, scale_to_budget=True):
 
 
 def train_crops(config):
-    """The first `config.sparse.sizing_crops` training crops, as the train step sees them (augmented)."""
+    """The non-empty rows of the first `config.sparse.sizing_crops` training rows, as the train step sees
+    them (augmented); the batches are read to the end of a bounded pipeline (`pipeline.TrainIterator`)."""
     from ppt_jax.data import pipeline
-    batches, crops = pipeline.train_dataset(config.data, 0, 1, start_step=0), []
-    while len(crops) < config.sparse.sizing_crops:
-        b = next(batches)
-        crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
-    return crops
+    n, b = config.sparse.sizing_crops, config.data.batch_size
+    crops = [g[m] for batch in pipeline.train_dataset(config.data, 0, 1, start_step=0, steps=-(-n // b))
+             for g, m in zip(batch["grid_coord"], batch["mask"])]
+    return [c for c in crops[:n] if len(c)]
 
 
 def eval_crops(config):
