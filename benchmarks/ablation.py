@@ -235,7 +235,8 @@ def bn_check(config, workdir, batches=16):
         return upd["batch_stats"]
 
     variables = evaluate.variables_of(state)
-    stream = pipeline.train_dataset(run.config.data, 0, 1, start_step=0, steps=batches)
+    stream = pipeline.train_dataset(run.config.data, 0, 1, start_step=0, steps=batches,
+                                    level_sites=spec.capacities[1:])
     total = None
     for _ in range(batches):
         b = run.device_batch(next(stream), pipeline.TRAIN_KEYS[:-1])

@@ -70,7 +70,8 @@ def recipe(name, datasets=(labels.STRUCTURED3D, labels.SCANNET, labels.S3DIS), r
 
     c.sparse = ml_collections.ConfigDict()
     c.sparse.conv_form = "pairs"       # 3x3x3 convs on exact active pairs at the fine levels; "dense": 27 taps
-    c.sparse.capacity_margin = sizing.MARGIN  # level capacities = largest measured crop x margin (sparse.sizing)
+    c.sparse.capacity_margin = sizing.MARGIN  # level sites = largest measured crop x margin (sparse.sizing)
+    c.sparse.pair_margin = sizing.PAIR_MARGIN  # level pairs = largest measured crop x this
     c.sparse.sizing_crops = 32         # training crops measured at the first start (kept in the workdir)
     c.sparse.on_overflow = "raise"     # a crop over capacity: "raise", or "skip" its batch (counted, logged)
     c.sparse.search_method = "scan"

@@ -467,3 +467,51 @@ def test_steps_per_epoch_reads_the_manifests_only(tmp_path):
             if f.endswith(".tfrecord"):
                 os.remove(os.path.join(d, f))          # no shard left to open
     assert pipeline.steps_per_epoch(cfg) == want == (8 // 2) // 4 * 7 + (8 // 2) % 4
+
+
+def _level_sites(grid, levels):
+    """Distinct floor(p / 2**l) per level l = 1..levels, by brute force over Python tuples."""
+    return [len({tuple(c >> level for c in p) for p in grid.tolist()}) for level in range(1, levels + 1)]
+
+
+def test_fit_levels_keeps_the_nearest_sites_that_fit_every_level():
+    """Eight sites on a line, x = 0..7: level-1 cells x // 2. With 2 level-1 sites allowed, the sites
+    nearest the centroid 3.5 come first (3, 4, 2, 5, then 1 opens a third cell): 2, 3, 4, 5 stay."""
+    grid = np.zeros((8, 3), np.int32)
+    grid[:, 0] = [5, 0, 3, 7, 1, 4, 6, 2]                      # any order: the kept ones keep theirs
+    cloud = {"grid_coord": grid, "segment": np.arange(8, dtype=np.int32)}
+    out, dropped = pipeline.fit_levels(cloud, (2,))
+    assert dropped == 4 and out["grid_coord"][:, 0].tolist() == [5, 3, 4, 2]
+    assert out["segment"].tolist() == [0, 2, 5, 7]
+    same, none = pipeline.fit_levels(cloud, (4, 2))           # 4 level-1 and 2 level-2 cells: fits
+    assert none == 0 and same is cloud
+
+
+def test_fit_levels_on_random_rows_fits_every_budget_and_is_maximal():
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        grid = np.unique(rng.integers(0, 48, (900, 3)), axis=0).astype(np.int32)
+        need = _level_sites(grid, 4)
+        budgets = tuple(int(n * f) for n, f in zip(need, rng.uniform(0.5, 1.1, 4)))
+        out, dropped = pipeline.fit_levels({"grid_coord": grid}, budgets)
+        kept = out["grid_coord"]
+        assert dropped == len(grid) - len(kept)
+        assert all(n <= b for n, b in zip(_level_sites(kept, 4), budgets))
+        if dropped:   # the next site in distance order would not fit
+            order = np.argsort(np.sum((grid - grid.mean(0)) ** 2, axis=1), kind="stable")
+            more = grid[order[:len(kept) + 1]]
+            assert any(n > b for n, b in zip(_level_sites(more, 4), budgets))
+
+
+def test_training_rows_fit_the_level_budgets(splits):
+    cfg = _config(splits, mix_prob=0.5)
+    free = _take(pipeline.train_dataset(cfg), 4)
+    need = np.array([_level_sites(g[m], 4) for b in free for g, m in zip(b["grid_coord"], b["mask"])])
+    budgets = tuple(int(n) for n in need.max(0) * 0.8)
+    fitted = _take(pipeline.train_dataset(cfg, level_sites=budgets), 4)
+    for a, b in zip(free, fitted):
+        for g, m, extra, before, crop in zip(b["grid_coord"], b["mask"], a["mask"].sum(1) - b["mask"].sum(1),
+                                              a["cropped_sites"], b["cropped_sites"]):
+            assert all(n <= s for n, s in zip(_level_sites(g[m], 4), budgets))
+            assert crop == before + extra
+    assert sum(int(b["cropped_sites"].sum()) for b in fitted) > sum(int(b["cropped_sites"].sum()) for b in free)

@@ -478,6 +478,18 @@ def test_exact_sizing_fits_the_rows_it_measured_and_nothing_less():
     assert int(h.dropped_sites[2]) == 1
 
 
+def test_pair_chunk_halves_until_the_products_pad_at_most_the_goal():
+    """50 pairs per tap at a level of 100k sites (default chunk 8192, tail 2048): whole tail chunks of
+    2048 / ... / 16 pad 1 - 50/64 = 22 % down to chunk 64; chunk 32 computes 32 + 3 x 8 = 56 (10.7 %);
+    chunk 16 computes 48 + 4 = 52 (3.8 %). 47,000 pairs per tap keep the default (0.2 %)."""
+    assert sparse.hierarchy.default_pair_chunk(100000) == 8192
+    assert sparse.sizing.pair_chunk(np.full((1, 13), 50), 100000) == 16
+    assert sparse.sizing.pair_chunk(np.full((1, 13), 50), 100000, padding=0.11) == 32
+    assert sparse.sizing.pair_chunk(np.full((3, 13), 47000), 100000) == 8192
+    assert sparse.sizing.pair_chunk(np.zeros((1, 13)), 1000) == sparse.hierarchy.default_pair_chunk(1000)
+    assert sparse.sizing.pair_chunk(np.ones((1, 13)), 1000) == sparse.sizing.MIN_PAIR_CHUNK
+
+
 def test_sizing_measures_sites_and_pairs_like_the_hierarchy(scene):
     coords, mask, h = scene
     stats = sparse.sizing.measure([coords[mask]], levels=4)
@@ -487,6 +499,10 @@ def test_sizing_measures_sites_and_pairs_like_the_hierarchy(scene):
     pairs = [int(t.sum()) for t in taps]
     np.testing.assert_array_equal(stats["pairs"][0], pairs)
     spec = sparse.sizing.spec_from_stats(stats, 400, form="pairs", pair_levels=(0, 1))
+    assert spec.pair_chunks == tuple(sparse.sizing.pair_chunk(stats["tap_pairs"][:, lv], c)
+                                     for lv, c in enumerate(spec.capacities))
+    for row in sparse.sizing.padding_report(spec, stats)[:2]:
+        assert 0 <= row["pair_waste"] <= sparse.sizing.PRODUCT_PADDING
     assert spec.capacities[0] == 400 and all(c >= s for c, s in zip(spec.capacities, stats["sites"][0]))
     assert spec.pair_capacities[2:] == (0, 0) and spec.pair_capacities[0] >= pairs[0]
     with pytest.raises(ValueError, match="conv_form"):

@@ -30,6 +30,7 @@ def test_the_shipped_configs_are_valid():
     ("sparse.search_method", "hash", "config.sparse.search_method: must be one of"),
     ("sparse.conv_form", "sparse", "config.sparse.conv_form: must be one of ('dense', 'pairs')"),
     ("sparse.capacity_margin", 0.5, "config.sparse.capacity_margin: must be >= 1"),
+    ("sparse.pair_margin", 0.9, "config.sparse.pair_margin: must be >= 1"),
     ("export.part", "head", "config.export.part: must be one of ('full', 'backbone')"),
     ("eval.datasets", ("ScanNet", "KITTI"), "config.eval.datasets: ['KITTI'] are not in"),
 ])

@@ -20,7 +20,8 @@ the reference picks a random raw point.
 
 Static shapes: every row has N = `num_sites` sites. After the reference's per-dataset SphereCrop, a row
 with more than N sites is sphere-cropped to N, and the removed sites are counted in `cropped_sites`;
-shorter rows are padded (mask False, zeros, segment -1). `batch_metrics(batch)` gives the padding
+so are the far sites of the rare row whose coarse levels exceed the trainer's level budgets
+(`fit_levels`, `level_sites`: the sparse hierarchy's static capacities); shorter rows are padded (mask False, zeros, segment -1). `batch_metrics(batch)` gives the padding
 waste and crop counts for logging.
 
 Mix3D with static shapes (a deviation from the reference, docs/reference.md §6): the reference merges
@@ -116,6 +117,31 @@ def align_grid(cloud, multiple):
     return {**cloud, "grid_coord": cloud["grid_coord"] - (lo // multiple) * multiple}
 
 
+def fit_levels(cloud, level_sites):
+    """Crop a row whose coarse levels hold more sites than `level_sites` (per level l = 1, 2, ...: the
+    distinct floor(grid_coord / 2**l), what the sparse hierarchy builds): keep the longest run of its sites,
+    nearest its centroid first, whose every level fits (a SphereCrop to the level budgets). Returns the
+    cloud, in its own order, and the number of sites dropped.
+
+    The trainer passes its HierarchySpec's coarse capacities, sized from measured crops with a small
+    margin (`sparse.sizing`): coarse levels of augmented crops vary by 15-20 %, so a margin that fits every
+    crop pads every step; with this crop the rare larger one (~1 % of rows) loses a few far sites instead,
+    counted in `cropped_sites`."""
+    grid = cloud["grid_coord"]
+    over = [len(np.unique(schema.ravel_grid(grid >> level))) > budget
+            for level, budget in enumerate(level_sites, 1)]
+    if not any(over):
+        return cloud, 0
+    order = np.argsort(np.sum((grid - grid.mean(0)) ** 2, axis=1), kind="stable")
+    keep = len(order)
+    for level, budget in enumerate(level_sites, 1):
+        keys = schema.ravel_grid(grid[order] >> level)
+        new = np.zeros(len(keys), bool)
+        new[np.unique(keys, return_index=True)[1]] = True      # a site that opens a level-l cell
+        keep = min(keep, int(np.searchsorted(np.cumsum(new), budget, side="right")))
+    return augment.take(cloud, np.sort(order[:keep])), len(order) - keep
+
+
 def fill_row(cloud, grid, mask, feat, segment, color_norm):
     """Write a cloud with `grid_coord` into the first rows of preset padded row arrays (N, ...)."""
     n = len(cloud["coord"])
@@ -149,8 +175,9 @@ def _pad_points(values, size, what):
 class _TrainRows:
     """The pure function (global row index) -> one training row."""
 
-    def __init__(self, cfg, process_index=0, process_count=1):
+    def __init__(self, cfg, process_index=0, process_count=1, level_sites=()):
         check_config(cfg)
+        self.level_sites = tuple(int(n) for n in level_sites)
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         self.cfg = cfg
@@ -197,8 +224,8 @@ class _TrainRows:
             first, cropped_a = self._sample(d, scenes[pos], key, 0, cfg.num_sites // 2)
             second, cropped_b = self._sample(d, partner, key, 1, cfg.num_sites // 2)
             cloud, cropped = merge_mix3d(first, second), cropped_a + cropped_b
-        cloud = align_grid(cloud, cfg.grid_align)
-        return (*pad_row(cloud, cfg.num_sites, cfg.color_norm), np.int32(d), np.int32(cropped))
+        cloud, fitted = fit_levels(align_grid(cloud, cfg.grid_align), self.level_sites)
+        return (*pad_row(cloud, cfg.num_sites, cfg.color_norm), np.int32(d), np.int32(cropped + fitted))
 
 
 def _ratio_schedule(cfg, num_scenes):
@@ -231,14 +258,15 @@ class TrainIterator:
     `start_step`, endless or `steps` long.
 
     `state()` is what the trainer checkpoints; `train_dataset(..., start_step=state["step"])` resumes.
+    `level_sites`: coarse-level site budgets of every row (`fit_levels`); () crops to `num_sites` only.
     Readers that need a known number of batches should bound it and read it to its end: an iterator
     dropped while tf.data still runs rows in Python (`tf.numpy_function`) waits for them in its
     destructor, and one such wait, under load, never returned (a tiny fine-tuning run hung for
     minutes after its level sizing had read its 32 crops).
     """
 
-    def __init__(self, cfg, process_index, process_count, start_step, steps=None):
-        rows = _TrainRows(cfg, process_index, process_count)
+    def __init__(self, cfg, process_index, process_count, start_step, steps=None, level_sites=()):
+        rows = _TrainRows(cfg, process_index, process_count, level_sites)
         n, b = cfg.num_sites, rows.local_batch
         shapes = ((n, 3), (n,), (n, 6), (n,), (), ())
         dtypes = (tf.int32, tf.bool, tf.float32, tf.int32, tf.int32, tf.int32)
@@ -261,10 +289,11 @@ class TrainIterator:
         return {"step": self.step}
 
 
-def train_dataset(cfg, process_index=0, process_count=1, start_step=0, steps=None):
+def train_dataset(cfg, process_index=0, process_count=1, start_step=0, steps=None, level_sites=()):
     """This host's rows of the global training batches from step `start_step` (see module docstring):
-    (batch_size / process_count, ...) numpy arrays per step; endless, or `steps` batches."""
-    return TrainIterator(cfg, process_index, process_count, start_step, steps)
+    (batch_size / process_count, ...) numpy arrays per step; endless, or `steps` batches; rows cropped
+    to the coarse-level budgets `level_sites` (`fit_levels`)."""
+    return TrainIterator(cfg, process_index, process_count, start_step, steps, level_sites)
 
 
 def steps_per_epoch(cfg):

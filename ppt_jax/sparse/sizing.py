@@ -11,8 +11,9 @@ pad its coarse levels 2-19x. Here the sizes are measured on sample crops of the 
 
 `measure` counts, per crop and level l, the unique sites floor(p / 2**l) and the active 3x3x3 neighbour
 pairs of each stored tap t < 13 (`pairs.py`: tap 26 - t mirrors t); `spec_from_stats` takes the largest
-over the crops times `margin` (level 0 is the input budget itself). Pair capacities count whole chunks
-only: each tap's remainder goes to the tail list, whose size is fixed.
+over the crops times `margin` for sites (level 0 is the input budget itself) and `pair_margin` for pairs,
+and picks each level's pair chunk from the measured pairs (`pair_chunk`). Pair capacities count whole
+chunks only: each tap's remainder goes to the tail list, whose size is fixed.
 """
 
 import numpy as np
@@ -23,10 +24,21 @@ from ppt_jax.sparse.hierarchy import HierarchySpec, default_pair_chunk
 
 LEVELS = 5
 FORMS = ("dense", "pairs")
-MARGIN = 1.25
-"""Capacity over the largest measured crop: augmentation (rotation, scaling, elastic distortion) and crop
-placement move a crop's coarse-level sizes by up to ~20 % on sparse synthetic rooms (measured on configs/tiny.py)."""
-MULTIPLE = 64
+MARGIN = 1.05
+"""Site capacity over the largest measured crop. Augmentation (rotation, scaling, elastic distortion), crop
+placement and Mix3D move a crop's coarse-level sizes by 15-20 % (coefficient of variation; the largest of
+1024 augmented crops of the embedded default lies 6-21 % above the largest of its first 64): a margin that
+fits them all pads every step by 15-25 %. The trainer therefore crops the rare row over these capacities
+to them (`ppt_jax.data.pipeline.fit_levels`: ~1 % of rows lose a few far sites, counted), and every site
+of the margin is paid by every conv and norm."""
+PAIR_MARGIN = 1.25
+"""Pair capacity over the largest measured crop: the convs loop over real chunks only, so its slack costs
+index memory, not products; pairs beyond it are an error (`check_hierarchy`)."""
+MULTIPLE = 4
+"""Site capacities are rounded up to a multiple of this: at most 3 sites, under 4 % of the smallest levels."""
+PRODUCT_PADDING = 0.10
+"""Largest share of padded pair products a level's chunk size may leave on the measured crops."""
+MIN_PAIR_CHUNK = 8
 
 
 def _round_up(n, m):
@@ -63,8 +75,21 @@ def measure(crops, levels=LEVELS):
     return {"sites": np.asarray(sites, np.int64).reshape(-1, levels), "pairs": taps.sum(-1), "tap_pairs": taps}
 
 
+def pair_chunk(tap_pairs, sites, padding=PRODUCT_PADDING):
+    """Pairs per main chunk for a level of `sites` capacity whose measured crops hold `tap_pairs` (crops, 13)
+    pairs per stored tap: `default_pair_chunk(sites)` (few, large loop steps), halved while the products the
+    convs compute over all those crops (`pairs.products`) pad more than `padding` beyond their pairs, down
+    to MIN_PAIR_CHUNK. A coarse level holds few pairs per tap (~50 at level 4 of an 8192-site crop at 5 cm),
+    below one default chunk: smaller chunks then pad less in about as many loop steps."""
+    tap_pairs = np.asarray(tap_pairs, np.int64)
+    need, chunk = int(tap_pairs.sum()), default_pair_chunk(sites)
+    while need and chunk > MIN_PAIR_CHUNK and 1 - need / P.products(tap_pairs, chunk).sum() > padding:
+        chunk //= 2
+    return chunk
+
+
 def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=None,
-                    search_method="scan", scale_to_budget=True, multiple=MULTIPLE):
+                    search_method="scan", scale_to_budget=True, multiple=MULTIPLE, pair_margin=PAIR_MARGIN):
     """HierarchySpec for crops like the measured ones with a level-0 budget of `num_sites`.
 
     scale_to_budget: training crops smaller than the budget stand for crops that fill it, so coarse levels
@@ -83,13 +108,15 @@ def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=N
     scale = num_sites / max(int(sites[0]), 1) if scale_to_budget else 1.0
     caps = [int(num_sites)] + [min(_round_up(s * scale * margin, multiple), int(num_sites))
                                for s in sites[1:]]
-    chunks = [default_pair_chunk(c) for c in caps]
+    taps = stats.get("tap_pairs")
+    chunks = [default_pair_chunk(c) if taps is None else pair_chunk(np.asarray(taps)[:, level], c)
+              for level, c in enumerate(caps)]
     pair_caps = []
     for level in range(levels):
         if form != "pairs" or (pair_levels is not None and level not in pair_levels):
             pair_caps.append(0)
             continue
-        pair_caps.append(_round_up(pairs[level] * scale * margin, chunks[level]))
+        pair_caps.append(_round_up(pairs[level] * scale * pair_margin, chunks[level]))
     return HierarchySpec(capacities=tuple(caps), pair_capacities=tuple(pair_caps), pair_chunks=tuple(chunks),
                          search_method=search_method)
 
@@ -103,8 +130,8 @@ def spec_for_batch(grid_coord, mask, form="pairs", margin=MARGIN):
 def padding_report(spec, stats):
     """Per level, against the largest measured crop: site capacity, need and waste = 1 - need / capacity
     (every site costs every conv and norm), and for pair levels the pair capacity and need, with the waste
-    of the products the convs compute (`pairs.products`: chunk padding; the capacity's slack beyond it
-    costs index memory only, as the loops run over real chunks). Stats without 'tap_pairs' (measured
+    of the products the convs compute over all the measured crops (`pairs.products`: chunk padding; the
+    capacity's slack beyond it costs index memory only, as the loops run over real chunks). Stats without 'tap_pairs' (measured
     before it existed) report no product waste."""
     sites = np.asarray(stats["sites"])
     taps = stats.get("tap_pairs")
@@ -118,7 +145,6 @@ def padding_report(spec, stats):
             row["pairs_needed"] = int(np.asarray(stats["pairs"])[:, level].max())
             if taps is not None:
                 need = np.asarray(taps)[:, level]                               # (crops, 13)
-                top = int(np.argmax(need.sum(-1)))
-                row["pair_waste"] = 1 - need[top].sum() / max(P.products(need[top], chunk).sum(), 1)
+                row["pair_waste"] = 1 - need.sum() / max(P.products(need, chunk).sum(), 1)
         rows.append(row)
     return rows

@@ -70,7 +70,8 @@ def _train(config, workdir):
     # A bounded pipeline, read to its end (pipeline.TrainIterator): to the stop step when it lies ahead.
     last = cfg.train.stop_at_step if start < cfg.train.stop_at_step < steps else steps
     host_batches = pipeline.train_dataset(cfg.data, jax.process_index(), jax.process_count(),
-                                          start_step=start, steps=last - start)
+                                          start_step=start, steps=last - start,
+                                          level_sites=train_spec.capacities[1:])
     batches = sharding.prefetch_to_device(
         host_batches, lambda b: (pipeline.batch_metrics(b), run.device_batch(b, pipeline.TRAIN_KEYS[:-1])))
     local = cfg.data.batch_size // jax.process_count()
@@ -190,8 +191,9 @@ class _Metrics:
                f"{m['dropped_pairs'].tolist()}; the update was not applied)")
         self.rec.write({"event": "overflow", "step": step, "message": msg})
         if sparse_cfg.on_overflow == "raise":
-            raise ValueError(f"{msg}: raise config.sparse.capacity_margin (now "
-                             f"{sparse_cfg.capacity_margin}) or config.sparse.sizing_crops and delete "
+            raise ValueError(f"{msg}: raise config.sparse.pair_margin (now {sparse_cfg.pair_margin}), "
+                             f"config.sparse.capacity_margin (now {sparse_cfg.capacity_margin}) or "
+                             f"config.sparse.sizing_crops and delete "
                              f"{self.workdir}/level_sizes_train.json, or set config.sparse.on_overflow=skip")
         log.error("%s; skipping the batch (config.sparse.on_overflow='skip')", msg)
 

@@ -143,7 +143,7 @@ def build_model(config, table):
 
 def hierarchy_spec(config, num_sites, stats=None, scale_to_budget=True):
     """HierarchySpec for crops of `num_sites` sites, sized from measured level sizes (`level_stats`) with
-    `config.sparse.capacity_margin`, in the `config.sparse.conv_form`; without stats (shape-only uses,
+    `config.sparse.capacity_margin` (sites) and `pair_margin`, in the `config.sparse.conv_form`; without stats (shape-only uses,
     e.g. initialising variables) every level holds `num_sites`. scale_to_budget=False for measured rows
     that are all the rows there will be (`sparse.sizing.spec_from_stats`)."""
     if stats is None:
@@ -151,6 +151,7 @@ def hierarchy_spec(config, num_sites, stats=None, scale_to_budget=True):
                                     search_method=config.sparse.search_method)
     return sparse.sizing.spec_from_stats(stats, int(num_sites), form=config.sparse.conv_form,
                                          margin=config.sparse.capacity_margin,
+                                         pair_margin=config.sparse.pair_margin,
                                          search_method=config.sparse.search_method,
                                          scale_to_budget=scale_to_budget)
 
@@ -192,13 +193,15 @@ def level_stats(workdir, what, crops_fn):
 def log_padding(spec, stats, what):
     """One line per level: capacity, the largest need of the measured crops and the padding it costs (goal
     < 10 %): of the sites (against those crops, so at least what the margin adds; against all the crops a
-    run sees: benchmarks/capacity_margin.py), and of the pair products the convs compute (the pair
-    capacity's slack is index memory only)."""
+    run sees: benchmarks/capacity_margin.py), and of the pair products the convs compute over those crops
+    (the pair capacity's slack is index memory only)."""
     for r in sparse.sizing.padding_report(spec, stats):
         pairs = ""
         if r["pairs"]:
             pairs = f", {r['pairs']} pairs in whole chunks (largest {r['pairs_needed']}"
-            pairs += ")" if r["pair_waste"] is None else f", products padded {100 * r['pair_waste']:.0f}%)"
+            pairs += (")" if r["pair_waste"] is None else
+                      f"; chunks of {spec.pair_chunks[r['level']]}: products padded "
+                      f"{100 * r['pair_waste']:.0f}% over the measured crops)")
         log.info("%s level %d: %d sites (largest measured crop %d, padding %.0f%%)%s", what, r["level"],
                  r["sites"], r["sites_needed"], 100 * r["site_waste"], pairs)
 

@@ -91,9 +91,10 @@ def _text_and_sparse(c, out):
                    f"{c.text.template!r}")
     _choice(out, "sparse.search_method", c.sparse.search_method, hierarchy.SEARCH_METHODS)
     _choice(out, "sparse.conv_form", c.sparse.conv_form, sparse.sizing.FORMS)
-    if not c.sparse.capacity_margin >= 1.0:
-        out.append(f"config.sparse.capacity_margin: must be >= 1 (capacity over the largest measured "
-                   f"crop), got {c.sparse.capacity_margin}")
+    for field in ("capacity_margin", "pair_margin"):
+        if not c.sparse[field] >= 1.0:
+            out.append(f"config.sparse.{field}: must be >= 1 (capacity over the largest measured "
+                       f"crop), got {c.sparse[field]}")
     _choice(out, "sparse.on_overflow", c.sparse.on_overflow, ("raise", "skip"))
     if not c.sparse.sizing_crops >= 1:
         out.append(f"config.sparse.sizing_crops: must be >= 1, got {c.sparse.sizing_crops}")
