@@ -31,9 +31,11 @@ placement and Mix3D move a crop's coarse-level sizes by 15-20 % (coefficient of 
 fits them all pads every step by 15-25 %. The trainer therefore crops the rare row over these capacities
 to them (`ppt_jax.data.pipeline.fit_levels`: ~1 % of rows lose a few far sites, counted), and every site
 of the margin is paid by every conv and norm."""
-PAIR_MARGIN = 1.25
-"""Pair capacity over the largest measured crop: the convs loop over real chunks only, so its slack costs
-index memory, not products; pairs beyond it are an error (`check_hierarchy`)."""
+PAIR_MARGIN = 1.5
+"""Pair capacity over the largest measured crop, at most the 13 pairs per site a level can hold: the convs
+loop over real chunks only, so its slack costs index memory, not products, and pairs beyond it are an error
+(`check_hierarchy`). Level 0's pairs vary more than its sites: the largest of 1024 augmented crops of the
+embedded default held 1.29x the largest of the first 64."""
 MULTIPLE = 4
 """Site capacities are rounded up to a multiple of this: at most 3 sites, under 4 % of the smallest levels."""
 PRODUCT_PADDING = 0.10
@@ -116,7 +118,8 @@ def spec_from_stats(stats, num_sites, form="pairs", margin=MARGIN, pair_levels=N
         if form != "pairs" or (pair_levels is not None and level not in pair_levels):
             pair_caps.append(0)
             continue
-        pair_caps.append(_round_up(pairs[level] * scale * pair_margin, chunks[level]))
+        most = len(P.HALF) * caps[level]
+        pair_caps.append(_round_up(min(pairs[level] * scale * pair_margin, most), chunks[level]))
     return HierarchySpec(capacities=tuple(caps), pair_capacities=tuple(pair_caps), pair_chunks=tuple(chunks),
                          search_method=search_method)
 
