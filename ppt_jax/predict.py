@@ -169,8 +169,9 @@ def exact_spec(batches, sparse_config):
 
     rows = [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"])]
     return sizing.spec_from_stats(sizing.measure(rows), batches[0]["mask"].shape[1],
-                                  form=sparse_config.conv_form, margin=1.0, pair_margin=1.0, scale_to_budget=False,
-                                  multiple=256, search_method=sparse_config.search_method)
+                                  form=sparse_config.conv_form, margin=1.0, pair_margin=1.0,
+                                  scale_to_budget=False, multiple=256,
+                                  search_method=sparse_config.search_method)
 
 
 class Predictor:

@@ -21,8 +21,9 @@ the reference picks a random raw point.
 Static shapes: every row has N = `num_sites` sites. After the reference's per-dataset SphereCrop, a row
 with more than N sites is sphere-cropped to N, and the removed sites are counted in `cropped_sites`;
 so are the far sites of the rare row whose coarse levels exceed the trainer's level budgets
-(`fit_levels`, `level_sites`: the sparse hierarchy's static capacities); shorter rows are padded (mask False, zeros, segment -1). `batch_metrics(batch)` gives the padding
-waste and crop counts for logging.
+(`fit_levels`, `level_sites`: the sparse hierarchy's static capacities); shorter rows are padded
+(mask False, zeros, segment -1). `batch_metrics(batch)` gives the padding waste and crop counts for
+logging.
 
 Mix3D with static shapes (a deviation from the reference, docs/reference.md §6): the reference merges
 pairs of scenes of a batch into one cloud with probability `mix_prob` (B scenes -> B/2 clouds). Here a

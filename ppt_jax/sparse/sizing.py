@@ -134,8 +134,8 @@ def padding_report(spec, stats):
     """Per level, against the largest measured crop: site capacity, need and waste = 1 - need / capacity
     (every site costs every conv and norm), and for pair levels the pair capacity and need, with the waste
     of the products the convs compute over all the measured crops (`pairs.products`: chunk padding; the
-    capacity's slack beyond it costs index memory only, as the loops run over real chunks). Stats without 'tap_pairs' (measured
-    before it existed) report no product waste."""
+    capacity's slack beyond it costs index memory only, as the loops run over real chunks). Stats without
+    'tap_pairs' (measured before it existed) report no product waste."""
     sites = np.asarray(stats["sites"])
     taps = stats.get("tap_pairs")
     rows = []

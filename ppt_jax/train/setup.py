@@ -143,9 +143,10 @@ def build_model(config, table):
 
 def hierarchy_spec(config, num_sites, stats=None, scale_to_budget=True):
     """HierarchySpec for crops of `num_sites` sites, sized from measured level sizes (`level_stats`) with
-    `config.sparse.capacity_margin` (sites) and `pair_margin`, in the `config.sparse.conv_form`; without stats (shape-only uses,
-    e.g. initialising variables) every level holds `num_sites`. scale_to_budget=False for measured rows
-    that are all the rows there will be (`sparse.sizing.spec_from_stats`)."""
+    `config.sparse.capacity_margin` (sites) and `pair_margin`, in the `config.sparse.conv_form`; without
+    stats (shape-only uses, e.g. initialising variables) every level holds `num_sites`.
+    scale_to_budget=False for measured rows that are all the rows there will be
+    (`sparse.sizing.spec_from_stats`)."""
     if stats is None:
         return sparse.HierarchySpec(capacities=(int(num_sites),) * sparse.sizing.LEVELS,
                                     search_method=config.sparse.search_method)
