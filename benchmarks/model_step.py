@@ -88,7 +88,9 @@ def conv_channels(params):
 
 
 def build_step(form, batch, dtype, runs_total):
-    spec = sizing.spec_for_batch(batch["grid_coord"], batch["mask"], form=form)
+    crops = [np.asarray(g)[np.asarray(m)] for g, m in zip(batch["grid_coord"], batch["mask"])]
+    stats = sizing.measure(crops)
+    spec = sizing.spec_from_stats(stats, batch["mask"].shape[1], form=form)
     model = models.PPT(labels.DATASETS, text_table=text_table(), dtype=jnp.dtype(dtype))
     cfg = joint_config.get_config()
     tx, lr_fn = optim.make_optimizer(cfg.optim, max(runs_total, 2))
@@ -104,7 +106,7 @@ def build_step(form, batch, dtype, runs_total):
     t0 = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    return spec, model, h, state, compiled, compile_s
+    return spec, stats, model, h, state, compiled, compile_s
 
 
 def main():
@@ -123,7 +125,7 @@ def main():
     batch = synthetic_batch(args.sites)
     runs = {}
     for form in args.forms.split(","):
-        spec, model, h, state, compiled, compile_s = build_step(form, batch, args.dtype, args.runs + 2)
+        spec, stats, model, h, state, compiled, compile_s = build_step(form, batch, args.dtype, args.runs + 2)
         flops = (compiled.cost_analysis() or {}).get("flops", 0.0)
         exact, dense = products(h, conv_channels(state.params))
         build = jax.jit(lambda g, m, spec=spec: step_lib.build_hierarchies(g, m, spec))
@@ -131,6 +133,9 @@ def main():
               f"{[int(np.sum(np.asarray(m))) for m in h.masks]}; compile {compile_s:.1f} s; 3x3x3 conv products "
               f"fwd+bwd exact {3 * exact / 1e9:.0f} GFLOP, dense {3 * dense / 1e9:.0f} GFLOP; "
               f"XLA cost analysis {flops / 1e9:.0f} GFLOP (while-loop bodies counted once)")
+        print(f"{form}: padding by level, sites / pair products: " + ", ".join(
+            f"{r['site_waste']:.1%} / " + ("-" if r["pair_waste"] is None else f"{r['pair_waste']:.1%}")
+            for r in sizing.padding_report(spec, stats)))
         holder = {"state": state}
 
         def run_step(compiled=compiled, holder=holder):
