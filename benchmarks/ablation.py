@@ -92,11 +92,12 @@ BUDGETS = {
                         "eval_num_points": 16384}),
     # rooms where the finest level sees connected surfaces: 5 cm voxels at 30 % of the real 2 cm site
     # density (docs/results/README.md, "Why no object was learned"); the embedded default's model and
-    # batch. Its steps are fixed by the pilot before any joint run: until "steps" is written here,
-    # only --pilot and --data_stats run.
+    # batch (2 x 8192 sites since R6, set before the pilot's first run). Its steps are fixed by the
+    # pilot before any joint run: until "steps" is written here, only --pilot and --data_stats run.
     "objects": dict(scenes=(32, 16, 8), val_scenes=(8, 8, 8), density=0.3,
                     model=base.MODEL_SIZES["small"],
-                    data={"grid_size": 0.05, "batch_size": 4, "num_sites": 4096, "eval_num_sites": 1 << 17,
+                    data={"grid_size": 0.05, "batch_size": base.EMBEDDED["data"]["batch_size"],
+                          "num_sites": base.EMBEDDED["data"]["num_sites"], "eval_num_sites": 1 << 17,
                           "eval_num_points": 1 << 19},
                     sparse={"sizing_crops": 128}),
     # the earlier experiment on a 2-core CPU: 2 cm grid on rooms at 2 % of the real site density
