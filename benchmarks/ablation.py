@@ -174,7 +174,7 @@ def val_presence(data_dir, budget):
         with open(path) as f:
             return json.load(f)
     from ppt_jax.data import pipeline
-    cfg = make_config("ppt", budget, 0, data_dir, "").data
+    cfg = make_config("ppt", budget, 0, data_dir, "", steps=1).data      # the data settings only
     out = {}
     for d in DOMAINS:
         counts = np.zeros(labels.num_classes(d), np.int64)
