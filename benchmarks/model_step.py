@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import step_profile
 from benchmarks.sparse_conv import interleaved, peak_rss_gb, room_surface
 from configs import joint as joint_config
-from ppt_jax import labels, models, sparse
+from ppt_jax import host_memory, labels, models, sparse
 from ppt_jax.sparse import sizing
 from ppt_jax.train import optim, sharding, step as step_lib
 
@@ -119,8 +119,12 @@ def main():
     ap.add_argument("--peer", choices=["spconv"], help="time the same step in torch + spconv, in turns")
     ap.add_argument("--top", type=int, default=0, help="with --profile: also list the N longest instructions")
     ap.add_argument("--eval", action="store_true", help="eval forward and 13-view voting throughput")
+    ap.add_argument("--default_malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the trainer applies host_memory.keep_freed_memory)")
     args = ap.parse_args()
-    print(f"start: {load()}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    kept = False if args.default_malloc else host_memory.keep_freed_memory()
+    print(f"start: {load()}; jax {jax.__version__} on {jax.devices()[0].device_kind}; freed memory kept "
+          f"mapped (host_memory): {kept}")
 
     batch = synthetic_batch(args.sites)
     runs = {}

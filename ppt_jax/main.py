@@ -28,7 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ppt_jax import compilation_cache, distributed
+from ppt_jax import compilation_cache, distributed, host_memory
 
 MODES = ("train", "eval", "test", "export")
 
@@ -143,6 +143,7 @@ def generate_synthetic(config, out):
 
 
 def main(argv):
+    host_memory.keep_freed_memory()         # before JAX starts its thread pools
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None:

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from ppt_jax import labels, normals, ply, render
+from ppt_jax import host_memory, labels, normals, ply, render
 
 INPUT_SUFFIXES = (".ply", ".tfrecord")
 
@@ -322,6 +322,7 @@ def main(argv=None):
     parser.add_argument("--vote", action="store_true", help="13-view test-time voting (slower)")
     parser.add_argument("--batch_size", type=int, default=4, help="fragments per forward pass (--vote)")
     args = parser.parse_args(argv)
+    host_memory.keep_freed_memory()         # before JAX starts its thread pools
     try:
         predictor = Predictor(args.checkpoint)
         dataset, _ = predictor.condition(args.dataset)

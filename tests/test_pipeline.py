@@ -489,7 +489,7 @@ def test_fit_levels_keeps_the_nearest_sites_that_fit_every_level():
 
 def test_fit_levels_on_random_rows_fits_every_budget_and_is_maximal():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _ in range(5):
         grid = np.unique(rng.integers(0, 48, (900, 3)), axis=0).astype(np.int32)
         need = _level_sites(grid, 4)
         budgets = tuple(int(n * f) for n, f in zip(need, rng.uniform(0.5, 1.1, 4)))
