@@ -287,6 +287,9 @@ def test_eval_mode_needs_no_train_shards(root):
 def test_test_mode_votes_over_thirteen_views(root):
     out = _main(1, root / "B", *_without_train_shards(root), mode="test")
     assert "13-view test of the best checkpoint" in out
+    # The vote step is sized on the test-time views themselves (their voxelisations differ from the
+    # validation rows' by more than the site margin).
+    assert "test level 0:" in out and (root / "B" / "level_sizes_test.json").exists()
     for name in DATASETS:
         assert name in out
     assert "13-view test" in (root / "B" / "results.txt").read_text()

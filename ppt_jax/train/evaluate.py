@@ -34,14 +34,15 @@ def variables_of(state):
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def eval_spec(run):
-    """Capacities that fit every validation row (measured once per work directory). Those rows are all the
-    rows eval will see, so their sizes are not scaled up to the budget; the margin covers the rotated and
-    flipped views of test-time voting."""
+def eval_spec(run, what="eval"):
+    """Capacities that fit every row of single-pass validation ("eval": `setup.eval_crops`) or of
+    test-time voting ("test": `setup.test_crops`), measured once per work directory. Those rows are all
+    the rows that pass will see, so their sizes are not scaled up to the budget."""
     cfg = run.config
-    stats = setup.level_stats(run.workdir, "eval", lambda: setup.eval_crops(cfg))
+    crops = {"eval": setup.eval_crops, "test": setup.test_crops}[what]
+    stats = setup.level_stats(run.workdir, what, lambda: crops(cfg))
     spec = setup.hierarchy_spec(cfg, cfg.data.eval_num_sites, stats, scale_to_budget=False)
-    setup.log_padding(spec, stats, "eval")
+    setup.log_padding(spec, stats, what)
     return spec
 
 
@@ -72,7 +73,7 @@ def vote_test(run, variables):
     if jax.process_count() > 1:
         raise NotImplementedError("--mode test runs on one process (voting gathers whole scenes)")
     cfg = run.config
-    vote = step_lib.make_vote_step(run.model, eval_spec(run), run.mesh)
+    vote = step_lib.make_vote_step(run.model, eval_spec(run, "test"), run.mesh)
     keys = (*pipeline.EVAL_KEYS[:5], "index")
     results = {}
     for name in cfg.eval.datasets:
@@ -86,9 +87,8 @@ def vote_test(run, variables):
             if int(dropped):
                 raise ValueError(
                     f"{name} scene {scene['scene']}: its test-time views need {int(dropped)} more sites or "
-                    f"pairs than the eval capacities measured on the validation rows "
-                    f"({run.workdir}/level_sizes_eval.json); raise config.sparse.capacity_margin (now "
-                    f"{cfg.sparse.capacity_margin}) and delete that file")
+                    f"pairs than the capacities measured on them ({run.workdir}/level_sizes_test.json): "
+                    f"the validation data changed since; delete that file")
             pred = np.asarray(jnp.argmax(votes[:scene["num_sites"]], -1))[scene["inverse"]]
             conf += np.asarray(metrics.confusion(pred[None], scene["origin_segment"][None],
                                                  np.array([0]), 1, run.num_classes)[0])

@@ -177,6 +177,18 @@ def eval_crops(config):
     return crops
 
 
+def test_crops(config):
+    """Every row of test-time voting (13 views x GridSample fragments of every validation scene): their
+    voxelisations differ from the validation rows', so the vote step is sized on them."""
+    from ppt_jax.data import pipeline
+    crops = []
+    for name in config.eval.datasets:
+        for scene in pipeline.fragment_dataset(config.eval.val_dirs[name], name, config.data):
+            for b in scene["batches"]:
+                crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
+    return crops
+
+
 def level_stats(workdir, what, crops_fn):
     """Sites and 3x3x3 pairs per level of sample crops (`sparse.sizing.measure`), measured once and kept in
     <workdir>/level_sizes_<what>.json, so that a restarted or resumed run builds the same HierarchySpec
