@@ -167,26 +167,25 @@ def train_crops(config):
     return [c for c in crops[:n] if len(c)]
 
 
+def _rows(batches):
+    """The non-empty rows of (B, N) batches, as (n, 3) grid coordinates."""
+    return [g[m] for b in batches for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
+
+
 def eval_crops(config):
     """Every validation row of every `config.eval.datasets` split (capacities must fit them all)."""
     from ppt_jax.data import pipeline
-    crops = []
-    for name in config.eval.datasets:
-        for b in pipeline.eval_dataset(config.eval.val_dirs[name], name, config.data):
-            crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
-    return crops
+    return [row for name in config.eval.datasets
+            for row in _rows(pipeline.eval_dataset(config.eval.val_dirs[name], name, config.data))]
 
 
 def test_crops(config):
     """Every row of test-time voting (13 views x GridSample fragments of every validation scene): their
     voxelisations differ from the validation rows', so the vote step is sized on them."""
     from ppt_jax.data import pipeline
-    crops = []
-    for name in config.eval.datasets:
-        for scene in pipeline.fragment_dataset(config.eval.val_dirs[name], name, config.data):
-            for b in scene["batches"]:
-                crops += [g[m] for g, m in zip(b["grid_coord"], b["mask"]) if m.any()]
-    return crops
+    return [row for name in config.eval.datasets
+            for scene in pipeline.fragment_dataset(config.eval.val_dirs[name], name, config.data)
+            for row in _rows(scene["batches"])]
 
 
 def level_stats(workdir, what, crops_fn):
