@@ -20,7 +20,8 @@ The `config.data` fields (`default_config()`):
   crop_point_max      {name: SphereCrop point_max}  (reference: ScanNet 100000)
   crop_sample_rate    {name: SphereCrop sample_rate} (reference: S3DIS 0.6, Structured3D 0.8)
   seed                the one seed of all shuffling and augmentation
-  num_parallel_calls  tf.data map parallelism (-1 = AUTOTUNE); order is deterministic regardless
+  num_parallel_calls  tf.data map parallelism (-1 = tf.data.AUTOTUNE's default; its tuning loop is off,
+                      pipeline._finish); order is deterministic regardless
   prefetch            batches prefetched
   eval_batch_size     rows per validation batch, all hosts together
   eval_num_sites      static sites per eval/test row (no crop at eval: a larger scene is an error)

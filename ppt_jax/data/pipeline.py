@@ -249,8 +249,13 @@ def _numpy_rows(fn, shapes, dtypes, keys, num_parallel_calls):
 
 
 def _finish(ds, batch_size, prefetch):
+    """Batch and prefetch, deterministic order, autotuning off: the tuning thread sleeps for a period
+    that doubles up to 60 s, and freeing the iterator waits out its sleep (a 21-step run sat 26-41 s at
+    exit; an iterator held 45 s took 37 s to delete). With it off, throughput on 2 cores is the same
+    (benchmarks/README.md, input pipeline)."""
     options = tf.data.Options()
     options.deterministic = True
+    options.autotune.enabled = False
     return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch).with_options(options)
 
 
@@ -262,8 +267,7 @@ class TrainIterator:
     `level_sites`: coarse-level site budgets of every row (`fit_levels`); () crops to `num_sites` only.
     Readers that need a known number of batches should bound it and read it to its end: an iterator
     dropped while tf.data still runs rows in Python (`tf.numpy_function`) waits for them in its
-    destructor, and one such wait, under load, never returned (a tiny fine-tuning run hung for
-    minutes after its level sizing had read its 32 crops).
+    destructor.
     """
 
     def __init__(self, cfg, process_index, process_count, start_step, steps=None, level_sites=()):
