@@ -4,9 +4,17 @@ fixtures more than one test file uses (test files import the helpers: `from conf
 In-process tests and the `python -m ppt_jax.main` subprocesses of the end-to-end tests use one cache
 directory, kept between runs (`$PPT_TEST_COMPILATION_CACHE`, default `~/.cache/ppt_jax/jax-tests`):
 programs compiled once, by any test, in any earlier run, are loaded instead of compiled.
+
+Tests compile with XLA's backend (LLVM) optimisation level 0 (`TEST_XLA_FLAGS`, in-process and in every
+subprocess): the same HLO programs and the same numbers within the tests' tolerances, for about a third
+less compile CPU (tests/test_ptv3.py + tests/test_models.py, cold cache: 178 -> 112 CPU-s); the
+suite's time is mostly compiling. Users' runs and benchmarks keep XLA's default (level 2).
 """
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -15,6 +23,8 @@ import pytest
 from ppt_jax import compilation_cache
 
 ENV_CACHE = "PPT_TEST_COMPILATION_CACHE"
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()   # before JAX's backend
 os.environ.setdefault(ENV_CACHE, compilation_cache.default_dir() + "-tests")   # subprocesses read it
 compilation_cache.enable(os.environ[ENV_CACHE])
 
@@ -25,10 +35,32 @@ CLIP_BPE = os.path.join(DATA, "bpe_simple_vocab_16e6.txt.gz")   # CLIP's own voc
 
 def cpu_env(devices=1, **extra):
     """The environment of a subprocess that runs ppt_jax (`python -m ppt_jax.main`, a probe script): CPU
-    with `devices` simulated devices, the suite's compilation cache, no hub access, quiet TensorFlow."""
+    with `devices` simulated devices, the suite's compilation cache and XLA flags, no hub access, quiet
+    TensorFlow."""
     return dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
                 JAX_COMPILATION_CACHE_DIR=os.environ[ENV_CACHE], TF_CPP_MIN_LOG_LEVEL="2",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+                XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}", **extra)
+
+
+def run_main(devices, workdir, *flags, config="configs/tiny.py", mode="train", stderr=None):
+    """stdout of one `python -m ppt_jax.main` run on `devices` simulated CPU devices (it must succeed);
+    its stderr (JAX's compile log) into the file `stderr`."""
+    cmd = [sys.executable, "-m", "ppt_jax.main", f"--config={config}", f"--workdir={workdir}",
+           f"--mode={mode}", *flags]
+    env = cpu_env(devices)
+    if stderr is not None:
+        env["JAX_LOG_COMPILES"] = "1"      # JAX logs "Compiling jit(<fn>) ..." for every compile
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    if stderr is not None:
+        stderr.write_text(out.stderr)
+    return out.stdout
+
+
+def records(workdir, event):
+    """The records of one event ("start", "train", "final", ...) in a run's metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["event"] == event]
 
 
 def read_split(split_dir):

@@ -3,7 +3,6 @@
 ptv3 at the tiny data sizes: CE + Lovasz, AdamW with the "block" group; the train step compiles once),
 and the export evaluated with --checkpoint=export."""
 
-import json
 import shlex
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, cpu_env
+from conftest import REPO, cpu_env, records
 from test_ptv3_parity import imported, ref  # noqa: F401  (module fixtures)
 
 pytestmark = pytest.mark.slow
@@ -24,11 +23,6 @@ def _main(*flags):
     return out
 
 
-def _records(workdir, event):
-    with open(workdir / "metrics.jsonl") as f:
-        return [r for r in map(json.loads, f) if r["event"] == event]
-
-
 def test_imported_ptv3_finetunes_and_evaluates_through_main(imported, tmp_path):  # noqa: F811
     _, config, export, printed = imported
     line = [line for line in printed.splitlines() if line.startswith("fine-tune: ")][0]
@@ -37,8 +31,8 @@ def test_imported_ptv3_finetunes_and_evaluates_through_main(imported, tmp_path):
     out = _main("--config=configs/finetune.py:ptv3,tiny", *flags[1:], f"--workdir={tmp_path / 'F'}",
                 "--config.train.steps=3")
     assert out.stderr.count("Compiling jit(train_step)") == 1, out.stderr[-3000:]
-    assert _records(tmp_path / "F", "start")[0]["init_arrays_loaded"] == 188    # every array of the import
-    losses = [r["last_loss"] for r in _records(tmp_path / "F", "train")]
+    assert records(tmp_path / "F", "start")[0]["init_arrays_loaded"] == 188    # every array of the import
+    losses = [r["last_loss"] for r in records(tmp_path / "F", "train")]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert "PPT per-dataset results after 3 steps" in out.stdout
 

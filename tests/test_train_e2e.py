@@ -15,7 +15,6 @@ persistent XLA compilation cache (tests/conftest.py), so identical steps compile
      others read them), one process preempted and the run resumed: the same run as A.
 """
 
-import json
 import os
 import re
 import signal
@@ -30,34 +29,15 @@ import pytest
 import tensorflow as tf
 
 from configs import base
-from conftest import REPO, cpu_env, pointcept_random_state, pointcept_spunet_shapes
+from conftest import REPO, cpu_env, pointcept_random_state, pointcept_spunet_shapes, records, run_main
 
 pytestmark = pytest.mark.slow
 
 DATASETS = ("Structured3D", "ScanNet", "S3DIS")
 
 
-def _main(devices, workdir, *flags, config="configs/tiny.py", mode="train", stderr=None):
-    """stdout of one `python -m ppt_jax.main` run; its stderr (JAX's compile log) into `stderr`."""
-    cmd = [sys.executable, "-m", "ppt_jax.main", f"--config={config}", f"--workdir={workdir}",
-           f"--mode={mode}", *flags]
-    env = cpu_env(devices)
-    if stderr is not None:
-        env["JAX_LOG_COMPILES"] = "1"      # JAX logs "Compiling jit(<fn>) ..." for every compile
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    if stderr is not None:
-        stderr.write_text(out.stderr)
-    return out.stdout
-
-
-def _records(workdir, event):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["event"] == event]
-
-
 def _losses(workdir):
-    return {r["step"]: r["last_loss"] for r in _records(workdir, "train")}
+    return {r["step"]: r["last_loss"] for r in records(workdir, "train")}
 
 
 def _data_flags(root):
@@ -71,17 +51,17 @@ def _data_flags(root):
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    (root / "A.stdout").write_text(_main(2, root / "A", stderr=root / "A.stderr"))
-    _main(1, root / "B", *_data_flags(root))
+    (root / "A.stdout").write_text(run_main(2, root / "A", stderr=root / "A.stderr"))
+    run_main(1, root / "B", *_data_flags(root))
     (root / "C.stdout").write_text(
-        _main(1, root / "C", *_data_flags(root), "--config.train.stop_at_step=10"))
-    _main(1, root / "C", *_data_flags(root))
+        run_main(1, root / "C", *_data_flags(root), "--config.train.stop_at_step=10"))
+    run_main(1, root / "C", *_data_flags(root))
     return root
 
 
 def test_two_devices_train_the_embedded_default_and_report_miou(root):
     stdout_a = (root / "A.stdout").read_text()
-    start = _records(root / "A", "start")[0]
+    start = records(root / "A", "start")[0]
     assert start["synthetic"] and start["devices"] == 2
     assert start["text_encoder"]["used"] == "minilm" and "clip" in start["text_encoder"]["note"]
     losses = _losses(root / "A")
@@ -89,7 +69,7 @@ def test_two_devices_train_the_embedded_default_and_report_miou(root):
     curve = [losses[s] for s in range(1, 22)]
     # Rounds of the 4:2:1 schedule hold the same datasets: compare the first and the last round.
     assert np.mean(curve[-7:]) < np.mean(curve[:7]), curve
-    final = _records(root / "A", "final")[0]
+    final = records(root / "A", "final")[0]
     compiles = (root / "A.stderr").read_text().count("Compiling jit(train_step) ")
     assert compiles == 1                            # one compile across 21 different batches
     for name in DATASETS:
@@ -105,7 +85,7 @@ def test_two_devices_train_the_embedded_default_and_report_miou(root):
 
 def test_one_device_gives_the_same_loss_curve(root):
     a, b = _losses(root / "A"), _losses(root / "B")
-    assert _records(root / "B", "start")[0]["devices"] == 1
+    assert records(root / "B", "start")[0]["devices"] == 1
     a, b = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
     # Same batches, same math; only the cross-device reduction order differs. The first steps agree
     # to float precision, later ones drift a little through the (chaotic) high-lr SGD dynamics.
@@ -119,32 +99,15 @@ def test_a_second_start_of_the_same_config_compiles_nothing(root):
     assert "XLA programs: 0 compiled" in (root / "C.stdout").read_text()
 
 
-def test_the_readme_command_trains_the_steps_its_flags_say(root):
-    """`--config=configs/joint.py --config.train.steps=7` on a checkout without shards: the synthetic
-    variant (1000 steps by default) trains 7 (fewer generated rooms, same model, to save time)."""
-    from configs import joint
-    config = ("configs/joint.py" if base.missing_shards(joint.get_config("reference"))
-              else "configs/joint.py:synthetic")
-    out = _main(1, root / "J", "--config.train.steps=7",
-                "--config.synthetic.scenes=(8,4,4)", "--config.synthetic.val_scenes=(1,1,1)",
-                f"--config.text.cache_dir={root / 'A' / 'text'}", config=config)
-    start = _records(root / "J", "start")[0]
-    assert start["total_steps"] == 7 and start["config"]["train"]["steps"] == 7 and start["synthetic"]
-    assert start["config"]["model"]["channels"] == [16, 16, 32, 32, 32, 32, 16, 16]
-    assert [r["step"] for r in _records(root / "J", "train")] == [7]
-    assert _records(root / "J", "final")[0]["step"] == 7
-    assert "step 7/7" in out and os.listdir(root / "J" / "checkpoints") == ["7"]
-
-
 def test_stop_and_resume_equals_the_uninterrupted_run(root):
-    assert [r["step"] for r in _records(root / "C", "stopped")] == [10]
-    starts = _records(root / "C", "start")
+    assert [r["step"] for r in records(root / "C", "stopped")] == [10]
+    starts = records(root / "C", "start")
     assert [s["step"] for s in starts] == [0, 10]
     b, c = _losses(root / "B"), _losses(root / "C")
     np.testing.assert_allclose([c[s] for s in range(11, 22)], [b[s] for s in range(11, 22)],
                                rtol=1e-6)
-    fb = _records(root / "B", "final")[0]["results"]
-    fc = _records(root / "C", "final")[0]["results"]
+    fb = records(root / "B", "final")[0]["results"]
+    fc = records(root / "C", "final")[0]["results"]
     for name in DATASETS:
         assert fc[name]["mIoU"] == pytest.approx(fb[name]["mIoU"], abs=1e-9)
 
@@ -156,18 +119,18 @@ def _without_train_shards(root):
 
 
 def test_export_then_finetune_loads_and_trains(root):
-    _main(1, root / "B", *_without_train_shards(root), mode="export")
+    run_main(1, root / "B", *_without_train_shards(root), mode="export")
     export = root / "B" / "export"
     assert (export / "config.json").exists()
     flags = [f"--config.init.export_dir={export}", f"--config.text.cache_dir={root / 'A' / 'text'}",
              f"--config.data.train_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'train'}",
              f"--config.eval.val_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'val'}"]
-    out = _main(1, root / "F", *flags, config="configs/finetune.py:tiny")
-    start = _records(root / "F", "start")[0]
+    out = run_main(1, root / "F", *flags, config="configs/finetune.py:tiny")
+    start = records(root / "F", "start")[0]
     assert start["init_arrays_loaded"] > 0
-    final = _records(root / "F", "final")[0]
+    final = records(root / "F", "final")[0]
     assert list(final["results"]) == ["ScanNet"] and "ScanNet" in out
-    assert all(np.isfinite(r["last_loss"]) for r in _records(root / "F", "train"))
+    assert all(np.isfinite(r["last_loss"]) for r in records(root / "F", "train"))
 
 
 def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
@@ -186,17 +149,17 @@ def test_imported_pointcept_checkpoint_evaluates_and_finetunes(root):
     out = subprocess.run(cmd, cwd=REPO, env=cpu_env(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(full model)" in out.stdout and "model.s3dis_order='intended' (NOT the reference's" in out.stdout
-    out = _main(1, root / "I", *_data_flags(root), f"--config.init.export_dir={export}",
-                "--checkpoint=export", mode="eval")
+    out = run_main(1, root / "I", *_data_flags(root), f"--config.init.export_dir={export}",
+                   "--checkpoint=export", mode="eval")
     assert f"single-pass val of the export {export}" in out
     for name in DATASETS:
         assert name in out
     flags = [f"--config.init.export_dir={export}", "--config.train.steps=2",
              f"--config.data.train_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'train'}",
              f"--config.eval.val_dirs.ScanNet={root / 'A' / 'synthetic' / 'ScanNet' / 'val'}"]
-    _main(1, root / "IF", *flags, config="configs/finetune.py:tiny")
-    assert _records(root / "IF", "start")[0]["init_arrays_loaded"] > 0
-    assert list(_records(root / "IF", "final")[0]["results"]) == ["ScanNet"]
+    run_main(1, root / "IF", *flags, config="configs/finetune.py:tiny")
+    assert records(root / "IF", "start")[0]["init_arrays_loaded"] > 0
+    assert list(records(root / "IF", "final")[0]["results"]) == ["ScanNet"]
 
 
 # The probes' first lines: configs/tiny.py on run A's shards and text table (argv: workdir, text
@@ -272,20 +235,20 @@ def test_the_loop_fetches_metrics_on_log_steps_only(root):
     assert "fetched after steps [5, 10, 15, 20, 21]" in _probe(root, LOOP_PROBE, "L")
     traces = list((root / "L" / "profile").glob("plugins/profile/*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
-    np.testing.assert_allclose([r["last_loss"] for r in _records(root / "L", "train")],
+    np.testing.assert_allclose([r["last_loss"] for r in records(root / "L", "train")],
                                [_losses(root / "B")[s] for s in (5, 10, 15, 20, 21)], rtol=1e-6)
 
 
 def test_eval_mode_needs_no_train_shards(root):
-    out = _main(1, root / "B", *_without_train_shards(root), mode="eval")
+    out = run_main(1, root / "B", *_without_train_shards(root), mode="eval")
     assert "single-pass val of the best checkpoint (step 21)" in out
-    final = _records(root / "B", "final")[0]["results"]
+    final = records(root / "B", "final")[0]["results"]
     for name in DATASETS:                           # the best checkpoint is the final one here
         assert f"{name}  " in out and final[name]["points"] > 0
 
 
 def test_test_mode_votes_over_thirteen_views(root):
-    out = _main(1, root / "B", *_without_train_shards(root), mode="test")
+    out = run_main(1, root / "B", *_without_train_shards(root), mode="test")
     assert "13-view test of the best checkpoint" in out
     # The vote step is sized on the test-time views themselves (their voxelisations differ from the
     # validation rows' by more than the site margin).
@@ -330,7 +293,7 @@ def test_two_processes_train_what_one_process_trains(root):
     _signal_when_logged(first, logs[0] / "process-1.log", "step 2/21", logs[0] / "process-1.pid")
     out = first.communicate(timeout=900)[0]
     assert first.returncode == 0, out[-5000:]
-    stops = _records(root / "M", "stopped")            # process 0 alone writes the records
+    stops = records(root / "M", "stopped")            # process 0 alone writes the records
     assert len(stops) == 1 and stops[0]["reason"] == "SIGTERM" and 2 < stops[0]["step"] < 21
     stop = stops[0]["step"]
     for i in range(2):
@@ -340,12 +303,12 @@ def test_two_processes_train_what_one_process_trains(root):
     cmd[5] = str(logs[1])
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert [s["step"] for s in _records(root / "M", "start")] == [0, stop]
-    assert all(s["devices"] == 2 and s["synthetic"] for s in _records(root / "M", "start"))
+    assert [s["step"] for s in records(root / "M", "start")] == [0, stop]
+    assert all(s["devices"] == 2 and s["synthetic"] for s in records(root / "M", "start"))
     a, m = _losses(root / "A"), _losses(root / "M")
     assert sorted(m) == sorted(a) == list(range(1, 22))
     np.testing.assert_allclose([m[s] for s in a], [a[s] for s in a], rtol=1e-6)
-    assert all(sum(r["dataset_rows"]) == 2 for r in _records(root / "M", "train"))
+    assert all(sum(r["dataset_rows"]) == 2 for r in records(root / "M", "train"))
     logged = []
     for i in range(2):
         text = "".join((d / f"process-{i}.log").read_text() for d in logs)
@@ -359,7 +322,7 @@ def test_two_processes_train_what_one_process_trains(root):
     assert len(one) == len(two) > 300          # params, batch stats, optimizer state, step, rng
     for x, y in zip(one, two):
         np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
-    fa, fm = (_records(root / w, "final")[0]["results"] for w in ("A", "M"))
+    fa, fm = (records(root / w, "final")[0]["results"] for w in ("A", "M"))
     for name in DATASETS:
         assert fm[name]["points"] == fa[name]["points"] > 0
         assert fm[name]["mIoU"] == pytest.approx(fa[name]["mIoU"], abs=1e-9)
@@ -411,13 +374,13 @@ def test_kill_during_a_save_resumes_to_the_same_run_and_the_workdir_is_locked(ro
     first.wait(timeout=300)
     assert first.returncode == -signal.SIGKILL
     assert not (workdir / "checkpoints" / "14").exists()
-    _main(1, workdir, *_data_flags(root))
-    assert [s["step"] for s in _records(workdir, "start")] == [0, 7]
-    steps = [r["step"] for r in _records(workdir, "train")]
+    run_main(1, workdir, *_data_flags(root))
+    assert [s["step"] for s in records(workdir, "start")] == [0, 7]
+    steps = [r["step"] for r in records(workdir, "train")]
     assert steps == list(range(1, 22))                 # one record per step, none twice
     b, k = _losses(root / "B"), _losses(workdir)
     np.testing.assert_array_equal([k[s] for s in range(1, 22)], [b[s] for s in range(1, 22)])
-    fb, fk = (_records(root / w, "final")[0]["results"] for w in ("B", "K"))
+    fb, fk = (records(root / w, "final")[0]["results"] for w in ("B", "K"))
     for name in DATASETS:
         assert fk[name]["mIoU"] == fb[name]["mIoU"]
     assert not (workdir / "rejected").exists()
