@@ -88,8 +88,10 @@ def test_one_device_gives_the_same_loss_curve(root):
     assert records(root / "B", "start")[0]["devices"] == 1
     a, b = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
     # Same batches, same math; only the cross-device reduction order differs. The first steps agree
-    # to float precision, later ones drift a little through the (chaotic) high-lr SGD dynamics.
-    np.testing.assert_allclose(b[:6], a[:6], rtol=1e-5)
+    # to float precision, later ones drift a little through the (chaotic) high-lr SGD dynamics: at
+    # XLA's level 0 (the suite's, tests/conftest.py) steps 1-4 differ by <= 1.5e-7, step 5 by 2.3e-5
+    # (at the default level 2 steps 1-6 were within 1e-5).
+    np.testing.assert_allclose(b[:4], a[:4], rtol=1e-6)
     np.testing.assert_allclose(b, a, rtol=1e-2)
 
 
