@@ -33,16 +33,6 @@ DATA = os.path.join(REPO, "tests", "data")     # committed reference data (tests
 CLIP_BPE = os.path.join(DATA, "bpe_simple_vocab_16e6.txt.gz")   # CLIP's own vocabulary
 
 
-LONGEST_FILE = "test_train_e2e.py"   # its chain of runs: about 0.9 of the suite's wall time on 2 workers
-
-
-def pytest_collection_modifyitems(items):
-    """The longest test file first. With `--dist loadfile --no-loadscope-reorder` (pyproject.toml) one
-    worker starts it at once and the other takes every other file; xdist's default order (files with
-    the most tests first) started it after others and made it the suite's tail."""
-    items.sort(key=lambda item: item.path.name != LONGEST_FILE)      # stable: the rest keep their order
-
-
 def cpu_env(devices=1, **extra):
     """The environment of a subprocess that runs ppt_jax (`python -m ppt_jax.main`, a probe script): CPU
     with `devices` simulated devices, the suite's compilation cache and XLA flags, no hub access, quiet
