@@ -97,7 +97,7 @@ def vote_test(run, variables):
 
 
 def _bucket(n):
-    """Vote-buffer length: the next power of two (a handful of compiles for all scene sizes)."""
+    """Vote-table length: the next power of two (a handful of small scatter programs for all scene sizes)."""
     return 1 << max(10, int(np.ceil(np.log2(max(n, 1)))))
 
 

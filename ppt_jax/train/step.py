@@ -98,22 +98,32 @@ def make_eval_step(model, spec, num_datasets, num_classes, mesh):
 
 
 def make_vote_step(model, spec, mesh):
-    """jit(variables, votes, batch) -> (votes + this batch's softmax at each row site's stored site, the sites
+    """(variables, votes, batch) -> (votes + this batch's softmax at each row site's stored site, the sites
     and pairs the batch had beyond `spec`'s capacities).
 
     Test-time voting (docs/reference.md) batched on device: `batch["index"]` (B, N) is the stored site of each
     row site (-1 at padding); votes (S, K) is one scene's running sum. Rotated views can need more sites than the
     rows the capacities were measured on: a non-zero count means some votes came from a cut hierarchy.
+    Two programs: the model's forward, compiled once per spec, and the scatter into the vote table, a small
+    one compiled per table length (scenes differ in size: one forward per length was a full model compile).
     """
 
-    def vote_step(variables, votes, batch):
+    def forward(variables, batch):
         h = build_hierarchies(batch["grid_coord"], batch["mask"], spec)
         logits = model.apply(variables, batch["feat"], h, batch["condition"], train=False)
-        probs = jax.nn.softmax(logits, -1)
-        index = jnp.where(batch["index"] >= 0, batch["index"], votes.shape[0])
-        dropped = h.dropped_sites.sum() + h.dropped_pairs.sum()
-        return votes.at[index.reshape(-1)].add(probs.reshape(-1, probs.shape[-1]), mode="drop"), dropped
+        return jax.nn.softmax(logits, -1), h.dropped_sites.sum() + h.dropped_pairs.sum()
 
-    shardings = (replicated(mesh), replicated(mesh), batch_sharding(mesh))
-    return jax.jit(vote_step, in_shardings=shardings, out_shardings=(replicated(mesh), replicated(mesh)),
-                   donate_argnums=1)
+    def accumulate(votes, index, probs):
+        index = jnp.where(index >= 0, index, votes.shape[0])          # padding: out of bounds, dropped
+        return votes.at[index.reshape(-1)].add(probs.reshape(-1, probs.shape[-1]), mode="drop")
+
+    forward = jax.jit(forward, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                      out_shardings=(batch_sharding(mesh), replicated(mesh)))
+    accumulate = jax.jit(accumulate, in_shardings=(replicated(mesh), batch_sharding(mesh), batch_sharding(mesh)),
+                         out_shardings=replicated(mesh), donate_argnums=0)
+
+    def vote_step(variables, votes, batch):
+        probs, dropped = forward(variables, batch)
+        return accumulate(votes, batch["index"], probs), dropped
+
+    return vote_step
